@@ -1,0 +1,1 @@
+"""Caption blacklists as plain data files, and their loader."""

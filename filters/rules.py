@@ -1,0 +1,110 @@
+"""The paper's text rules applied to one Arrow table of stage-1 rows.
+
+Order: normalise the caption, then URL checks, the 5..50 length rule, and the
+blacklist, each only on rows still kept, so the costly blacklist scan runs on
+the fewest rows. Every row leaves as kept or as a reject with one reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from filters.text import caption_length_reasons, normalize_captions
+from filters.urls import parse_networks, url_reasons
+from pipeline import schema as S
+
+
+@dataclass
+class RuleSet:
+    """Settings of the text rules, built from the config's ``filters`` section."""
+
+    min_chars: int = 5
+    max_chars: int = 50
+    traditional_to_simplified: bool = False
+    schemes: tuple[str, ...] = ("http", "https")
+    allow_networks: tuple[str, ...] = ()
+    blacklist_lists: tuple[str, ...] = ("builtin",)
+    blacklist_extra_files: tuple[str, ...] = ()
+    _matcher: object = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        parse_networks(self.allow_networks)  # fail early on a bad network
+
+    @classmethod
+    def from_config(cls, filters_cfg) -> RuleSet:
+        c = filters_cfg
+        return cls(
+            min_chars=c.caption.min_chars,
+            max_chars=c.caption.max_chars,
+            traditional_to_simplified=c.caption.traditional_to_simplified,
+            schemes=tuple(c.urls.schemes),
+            allow_networks=tuple(c.urls.allow_networks),
+            blacklist_lists=tuple(c.blacklist.lists),
+            blacklist_extra_files=tuple(c.blacklist.extra_files),
+        )
+
+    @property
+    def matcher(self):
+        if self._matcher is None:
+            from blacklist.loader import load_entries
+            from filters.blacklist import BlacklistMatcher
+
+            entries = load_entries(list(self.blacklist_lists), list(self.blacklist_extra_files))
+            self._matcher = BlacklistMatcher(entries)
+        return self._matcher
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_matcher"] = None  # rebuilt on the worker
+        return state
+
+
+def _reject_rows(table: pa.Table, reasons: pa.Array) -> pa.Table:
+    n = table.num_rows
+    return pa.Table.from_arrays(
+        [
+            table.column(S.KEY),
+            table.column(S.SOURCE),
+            table.column(S.URL),
+            pc.utf8_slice_codeunits(table.column(S.CAPTION), 0, 2000),
+            reasons,
+            pa.array(["metadata"] * n, pa.string()),
+        ],
+        schema=S.REJECT_SCHEMA,
+    )
+
+
+def _split(table: pa.Table, reasons: pa.Array) -> tuple[pa.Table, pa.Table]:
+    hit = pc.is_valid(reasons)
+    if not pc.any(hit).as_py():
+        return table, S.empty_reject_table()
+    rejected = _reject_rows(table.filter(hit), reasons.filter(hit))
+    return table.filter(pc.invert(hit)), rejected
+
+
+def apply_rules(table: pa.Table, rules: RuleSet) -> tuple[pa.Table, pa.Table]:
+    """Normalise captions and apply URL, length and blacklist rules.
+
+    Returns (kept rows in METADATA_SCHEMA, rejects in REJECT_SCHEMA).
+    """
+    table = table.combine_chunks()
+    if table.num_rows == 0:
+        return table, S.empty_reject_table()
+    idx = table.schema.get_field_index(S.CAPTION)
+    caption = normalize_captions(table.column(S.CAPTION), rules.traditional_to_simplified)
+    table = table.set_column(idx, S.CAPTION, caption)
+    rejects: list[pa.Table] = []
+
+    table, rej = _split(table, url_reasons(table.column(S.URL), rules.schemes, rules.allow_networks))
+    rejects.append(rej)
+    table, rej = _split(
+        table, caption_length_reasons(table.column(S.CAPTION), rules.min_chars, rules.max_chars)
+    )
+    rejects.append(rej)
+    if table.num_rows:
+        table, rej = _split(table, rules.matcher.match_array(table.column(S.CAPTION)))
+        rejects.append(rej)
+    return table, pa.concat_tables(rejects)

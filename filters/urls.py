@@ -1,0 +1,180 @@
+"""URL checks and the URL dedup key, vectorised over Arrow.
+
+Stage 1 cannot resolve DNS for 200M URLs, so it rejects what is visible in the
+URL itself: a scheme outside the allowlist, a malformed host, and literal
+loopback / private / link-local / multicast / reserved addresses (including
+decimal and hex IPv4 spellings that socket libraries accept). The download
+stage's guard re-checks every connection after DNS and redirects.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from collections.abc import Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+_URL_RE2 = (
+    r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://"
+    r"(?P<userinfo>[^/?#@\s]*@)?"
+    r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^/?#:@\s\[\]]*)"
+    r"(?P<port>:[0-9]*)?"
+    r"(?P<rest>[/?#][^\s]*)?$"
+)
+_HOST_OK_RE2 = r"^[\p{L}\p{N}_](?:[\p{L}\p{N}_\-]{0,62})(?:\.[\p{L}\p{N}_](?:[\p{L}\p{N}_\-]{0,62}))*\.?$"
+# Hosts made only of digits, dots and hex prefixes may be IPv4 in some spelling.
+_NUMERIC_HOST_RE2 = r"^(?:0[xX][0-9A-Fa-f]*|[0-9]+)(?:\.(?:0[xX][0-9A-Fa-f]*|[0-9]+))*\.?$"
+_LOCALHOST_RE2 = r"^(?:localhost|.*\.localhost)\.?$"
+
+_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
+
+
+def parse_networks(allow_networks: Sequence[str]) -> list[ipaddress._BaseNetwork]:
+    nets = []
+    for n in allow_networks:
+        try:
+            nets.append(ipaddress.ip_network(n, strict=False))
+        except ValueError as err:
+            raise ValueError(f"filters.urls.allow_networks: {n!r} is not a network ({err})") from None
+    return nets
+
+
+def is_public_address(ip: ipaddress._BaseAddress) -> bool:
+    """True for globally routable unicast addresses only."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return is_public_address(ip.ipv4_mapped)
+    return not (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+        or not ip.is_global
+    )
+
+
+def address_allowed(ip: ipaddress._BaseAddress, allow: Sequence[ipaddress._BaseNetwork]) -> bool:
+    if any(ip.version == n.version and ip in n for n in allow):
+        return True
+    return is_public_address(ip)
+
+
+def literal_address(host: str) -> ipaddress._BaseAddress | None:
+    """The IP a host string denotes by itself (no DNS), in any spelling, else None."""
+    h = host.strip("[]").rstrip(".")
+    try:
+        return ipaddress.ip_address(h)
+    except ValueError:
+        pass
+    try:  # 2130706433, 0x7f.1, 127.1 ... as inet_aton reads them
+        return ipaddress.IPv4Address(socket.inet_aton(h))
+    except (OSError, ValueError):
+        return None
+
+
+def url_reasons(
+    urls: pa.Array | pa.ChunkedArray,
+    schemes: Sequence[str] = ("http", "https"),
+    allow_networks: Sequence[str] = (),
+) -> pa.Array:
+    """Reject reason per URL (``invalid_url`` / ``private_address``), null to keep."""
+    from pipeline.schema import REASON_INVALID_URL, REASON_PRIVATE_ADDRESS
+
+    if isinstance(urls, pa.ChunkedArray):
+        urls = urls.combine_chunks()
+    if urls.type != pa.string():
+        urls = urls.cast(pa.string())
+    nets = parse_networks(allow_networks)
+    allowed_schemes = pa.array([s.lower() for s in schemes], pa.string())
+    parts = pc.extract_regex(urls, _URL_RE2)
+    matched = pc.is_valid(parts)
+    scheme = pc.utf8_lower(pc.struct_field(parts, "scheme"))
+    host = pc.utf8_lower(pc.struct_field(parts, "host"))
+    is_file = pc.equal(scheme, "file")
+    scheme_ok = pc.is_in(scheme, value_set=allowed_schemes)
+    host_nonempty = pc.greater(pc.utf8_length(host), 0)
+    host_shape_ok = pc.or_(
+        pc.match_substring_regex(host, _HOST_OK_RE2),
+        pc.starts_with(host, "["),
+    )
+    # file:// URLs have no network host; an empty host or localhost is fine.
+    file_ok = pc.and_(is_file, pc.or_(pc.invert(host_nonempty), pc.equal(host, "localhost")))
+    net_ok = pc.and_(pc.invert(is_file), pc.and_(host_nonempty, host_shape_ok))
+    valid = pc.fill_null(pc.and_(matched, pc.and_(scheme_ok, pc.or_(file_ok, net_ok))), False)
+
+    reasons: list[str | None] = [None] * len(urls)
+    invalid_idx = pc.indices_nonzero(pc.invert(valid)).to_pylist()
+    for i in invalid_idx:
+        reasons[i] = REASON_INVALID_URL
+    # Hosts that may be addresses: bracketed, numeric-looking, or localhost names.
+    maybe_ip = pc.fill_null(
+        pc.and_(
+            pc.and_(valid, pc.invert(is_file)),
+            pc.or_(
+                pc.or_(pc.starts_with(host, "["), pc.match_substring_regex(host, _NUMERIC_HOST_RE2)),
+                pc.or_(
+                    pc.match_substring_regex(host, _LOCALHOST_RE2),
+                    pc.match_substring(host, ":"),
+                ),
+            ),
+        ),
+        False,
+    )
+    idx = pc.indices_nonzero(maybe_ip).to_pylist()
+    if idx:
+        hosts = pc.take(host, pa.array(idx)).to_pylist()
+        loopback = ipaddress.ip_address("127.0.0.1")
+        for i, h in zip(idx, hosts, strict=True):
+            if re.match(r"^(?:localhost|.*\.localhost)\.?$", h):
+                ip = loopback
+            else:
+                ip = literal_address(h)
+            if ip is None:
+                if h.startswith("[") or re.fullmatch(r"[0-9.]+", h):
+                    reasons[i] = REASON_INVALID_URL
+                continue
+            if not address_allowed(ip, nets):
+                reasons[i] = REASON_PRIVATE_ADDRESS
+    return pa.array(reasons, pa.string())
+
+
+def url_reason(
+    url: str | None, schemes: Sequence[str] = ("http", "https"), allow_networks: Sequence[str] = ()
+) -> str | None:
+    """Per-string version of :func:`url_reasons`."""
+    return url_reasons(pa.array([url], pa.string()), schemes, allow_networks)[0].as_py()
+
+
+def url_dedup_keys(urls: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Normalised URL used to find the same image under two spellings.
+
+    Lowercases scheme and host, drops userinfo, a default port and the
+    fragment; path and query stay as they are (they are case-sensitive on most
+    servers). Unparseable URLs keep their raw text, so they never merge with
+    a different URL.
+    """
+    if isinstance(urls, pa.ChunkedArray):
+        urls = urls.combine_chunks()
+    if urls.type != pa.string():
+        urls = urls.cast(pa.string())
+    parts = pc.extract_regex(urls, _URL_RE2)
+    scheme = pc.utf8_lower(pc.struct_field(parts, "scheme"))
+    host = pc.utf8_rtrim(pc.utf8_lower(pc.struct_field(parts, "host")), ".")
+    port = pc.fill_null(pc.struct_field(parts, "port"), "")
+    default_port = pc.if_else(
+        pc.equal(scheme, "http"), ":80", pc.if_else(pc.equal(scheme, "https"), ":443", "")
+    )
+    port = pc.if_else(pc.or_(pc.equal(port, default_port), pc.equal(port, ":")), "", port)
+    rest = pc.fill_null(pc.struct_field(parts, "rest"), "")
+    rest = pc.replace_substring_regex(rest, r"#.*$", "")
+    rest = pc.if_else(pc.equal(rest, ""), "/", rest)
+    key = pc.binary_join_element_wise(scheme, "://", host, port, rest, "")
+    return pc.if_else(pc.is_valid(parts), key, urls)
+
+
+def url_dedup_key(url: str) -> str:
+    return url_dedup_keys(pa.array([url], pa.string()))[0].as_py()

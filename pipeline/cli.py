@@ -1,0 +1,92 @@
+"""`zhclip` command line.
+
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
+``main(args, beam_args) -> int``; this file only wires them together, so a stage
+can be read (and run) on its own. Flags this parser does not know are handed to
+Beam's PipelineOptions untouched (``--runner DataflowRunner --project ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from pipeline.config import ConfigError
+
+# name -> (module, help). Modules are imported only when their command runs,
+# so `zhclip metadata` never pays for importing torch.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "metadata": ("pipeline.metadata", "stage 1: sources -> filtered, deduplicated URL shards"),
+    "download": ("pipeline.download", "stage 2: URL shards -> downloaded image shards"),
+    "score": ("pipeline.score", "stage 3: score, filter and write the final shards"),
+    "run": ("pipeline.run_all", "stages 1 -> 3 in one command"),
+    "demo": ("pipeline.demo", "the whole pipeline on a generated sample, on loopback"),
+    "shards": ("pipeline.shards_cli", "inspect shard folders (ls, stats, head, verify, ...)"),
+    "train": ("training.cli", "two-stage Chinese CLIP pretraining on OUT/dataset"),
+}
+
+# Commands whose parser does not take --config/--set (they read shard folders).
+NO_CONFIG = {"shards"}
+
+
+class UsageError(Exception):
+    """Bad command-line input; printed as one line, exit code 2."""
+
+
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """Build the parser; only ``selected``'s module is imported for its flags."""
+    parser = argparse.ArgumentParser(
+        prog="zhclip",
+        description="Build a Chinese image-text corpus and train Chinese CLIP on it.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name not in NO_CONFIG:
+            p.add_argument("--config", help="YAML config file (see configs/)")
+            p.add_argument(
+                "--set",
+                dest="overrides",
+                action="append",
+                default=[],
+                metavar="KEY=VALUE",
+                help="override a config key, e.g. --set filters.caption.min_chars=4",
+            )
+        p.set_defaults(_module=module_name)
+        if name != selected:
+            continue
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            # A command whose module is not built yet still lists in --help.
+            continue
+        add = getattr(module, "add_arguments", None)
+        if add is not None:
+            add(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    selected = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(selected)
+    args, beam_args = parser.parse_known_args(argv)
+    try:
+        module = importlib.import_module(args._module)
+    except ImportError as err:
+        print(f"zhclip {args.command}: not available in this install ({err})", file=sys.stderr)
+        return 2
+    try:
+        return int(module.main(args, beam_args) or 0)
+    except (ConfigError, UsageError, FileNotFoundError) as err:
+        print(f"zhclip {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"zhclip {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""The one YAML config that drives every zhclip command, validated into typed objects.
+
+Unknown keys are errors (a typo must not silently fall back to a default), and
+``--set a.b=c`` overrides any key with a YAML-parsed value before validation,
+so overrides are checked exactly like the file.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+SOURCE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message says which key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TranslateConfig(_Strict):
+    """EN->ZH translation of COCO / Visual Genome captions."""
+
+    backend: Literal["marian", "lookup"] = "marian"
+    model: str = "Helsinki-NLP/opus-mt-en-zh"
+    table: str | None = None  # english<TAB>chinese file for the lookup backend
+    batch_size: int = Field(32, ge=1)
+    device: str = "auto"
+    max_length: int = Field(128, ge=8)
+    num_beams: int | None = Field(None, ge=1)
+    cache_size: int = Field(100_000, ge=0)
+
+
+class SourceConfig(_Strict):
+    name: str
+    kind: Literal["laion", "wukong", "coco", "visual_genome", "generic"]
+    paths: list[str] = Field(min_length=1)
+    languages: list[str] | None = None  # laion: LANGUAGE values kept; None -> ["zh"]
+    holdout_ids: str | None = None  # coco / vg: file of held-out COCO image ids
+    image_data: str | None = None  # vg: image_data.json
+    image_root: str | None = None  # coco / vg: serve images as file:// under this root
+    translate: TranslateConfig | None = None
+    columns: dict[str, str] = Field(default_factory=dict)  # generic: ours -> theirs
+    format: Literal["auto", "parquet", "csv", "tsv", "jsonl"] = "auto"
+    batch_rows: int = Field(100_000, ge=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str) -> str:
+        if not SOURCE_NAME_RE.match(v):
+            raise ValueError(
+                f"source name {v!r} must be lowercase letters, digits and '_' "
+                "(it becomes part of every sample key)"
+            )
+        return v
+
+    @field_validator("columns")
+    @classmethod
+    def _columns_ok(cls, v: dict[str, str]) -> dict[str, str]:
+        allowed = {"url", "caption", "id", "similarity", "width", "height", "license", "nsfw"}
+        bad = sorted(set(v) - allowed)
+        if bad:
+            raise ValueError(f"unknown column mapping keys {bad}; allowed: {sorted(allowed)}")
+        return v
+
+
+class CaptionFilterConfig(_Strict):
+    min_chars: int = Field(5, ge=0)
+    max_chars: int = Field(50, ge=1)
+    traditional_to_simplified: bool = False
+
+
+class BlacklistConfig(_Strict):
+    lists: list[str] = Field(default_factory=lambda: ["builtin"])
+    extra_files: list[str] = Field(default_factory=list)
+
+
+class UrlFilterConfig(_Strict):
+    schemes: list[str] = Field(default_factory=lambda: ["http", "https"])
+    allow_networks: list[str] = Field(default_factory=list)
+
+
+class FiltersConfig(_Strict):
+    caption: CaptionFilterConfig = Field(default_factory=CaptionFilterConfig)
+    blacklist: BlacklistConfig = Field(default_factory=BlacklistConfig)
+    urls: UrlFilterConfig = Field(default_factory=UrlFilterConfig)
+
+
+class MetadataConfig(_Strict):
+    """Stage 1 layout knobs."""
+
+    rows_per_shard: int = Field(10_000, ge=1)
+    dedup_buckets: int = Field(16, ge=1)
+
+
+class DownloadConfig(_Strict):
+    image_size: int = Field(224, ge=8)
+    resize_mode: Literal["no", "keep_ratio", "keep_ratio_largest", "center_crop", "border"] = (
+        "center_crop"
+    )
+    encode_format: Literal["jpg", "png", "webp"] = "jpg"
+    encode_quality: int = Field(95, ge=1, le=100)
+    min_image_size: int = 0
+    max_image_area: float = 178_956_970.0  # PIL's default decompression-bomb limit
+    max_aspect_ratio: float = 10.0
+    timeout: float = Field(10, gt=0)
+    retries: int = Field(1, ge=0)
+    thread_count: int = Field(32, ge=1)
+    user_agent_token: str | None = "zhclip"
+    disallowed_header_directives: list[str] = Field(
+        default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"]
+    )
+    compute_hash: Literal["sha256", "md5", "sha512"] | None = "sha256"
+
+
+class ScoreConfig(_Strict):
+    backend: Literal["mclip", "precomputed", "zhclip"] = "mclip"
+    model: str = "M-CLIP/XLM-Roberta-Large-Vit-B-32"
+    image_model: str = "ViT-B-32"
+    image_pretrained: str = "openai"
+    batch_size: int = Field(64, ge=1)
+    device: str = "auto"
+    thresholds: dict[str, float] = Field(default_factory=lambda: {"laion_zh": 0.26})
+    dedup_images: bool = True
+    decontaminate: str | None = None  # folder of evaluation images
+    phash_distance: int = Field(4, ge=0)
+
+
+class ShardsConfig(_Strict):
+    samples_per_shard: int = Field(10_000, ge=1)
+    val_fraction: float = Field(0.001, ge=0.0, le=1.0)
+
+
+class TrainConfig(_Strict):
+    """Training settings are owned by training/; kept as a free mapping here."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Config(_Strict):
+    output: str = "runs/zhclip"
+    sources: list[SourceConfig] = Field(default_factory=list)
+    filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    metadata: MetadataConfig = Field(default_factory=MetadataConfig)
+    download: DownloadConfig = Field(default_factory=DownloadConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
+    shards: ShardsConfig = Field(default_factory=ShardsConfig)
+    train: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, v: list[SourceConfig]) -> list[SourceConfig]:
+        names = [s.name for s in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"source names must be unique; repeated: {dup}")
+        return v
+
+
+def _format_validation_error(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid config ({origin}):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  unknown key '{loc}' (check the spelling; see README 'Configuration')")
+        else:
+            lines.append(f"  '{loc}': {e['msg']}")
+    return "\n".join(lines)
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one ``dotted.key=value`` override in place; list items by index."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected dotted.key=value")
+    dotted, raw = assignment.split("=", 1)
+    parts = dotted.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {assignment!r}: empty key segment")
+    value = yaml.safe_load(raw) if raw.strip() else None
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set {dotted}: '{part}' is not an index of a list")
+            node = node[int(part)]
+        else:
+            if part not in node or node[part] is None:
+                node[part] = {}
+            node = node[part]
+            if not isinstance(node, dict | list):
+                raise ConfigError(
+                    f"--set {dotted}: '{'.'.join(parts[: i + 1])}' is not a mapping"
+                )
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"--set {dotted}: '{last}' is not an index of a list")
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def config_from_dict(
+    data: dict[str, Any], overrides: list[str] | None = None, origin: str = "<dict>"
+) -> Config:
+    data = copy.deepcopy(data or {})
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, origin)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply ``--set`` overrides and validate.
+
+    Relative source paths are resolved against the config file's folder, so a
+    config and its data can move together.
+    """
+    if path is None:
+        return config_from_dict({}, overrides, origin="defaults")
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping at the top level")
+    cfg = config_from_dict(data, overrides, origin=str(path))
+    return resolve_relative_paths(cfg, p.parent)
+
+
+def _resolve(base: Path, value: str | None) -> str | None:
+    if value is None or "://" in value or Path(value).is_absolute():
+        return value
+    return str((base / value).resolve())
+
+
+def resolve_relative_paths(cfg: Config, base: Path) -> Config:
+    for src in cfg.sources:
+        src.paths = [_resolve(base, p) for p in src.paths]
+        src.holdout_ids = _resolve(base, src.holdout_ids)
+        src.image_data = _resolve(base, src.image_data)
+        src.image_root = _resolve(base, src.image_root)
+        if src.translate and src.translate.table:
+            src.translate.table = _resolve(base, src.translate.table)
+        if src.translate and (base / src.translate.model).exists():
+            # a local model folder next to the config; hub names stay as they are
+            src.translate.model = _resolve(base, src.translate.model)
+    cfg.filters.blacklist.extra_files = [
+        _resolve(base, f) for f in cfg.filters.blacklist.extra_files
+    ]
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    return cfg.model_dump(mode="json")

@@ -1,0 +1,345 @@
+"""Stage 1 (`zhclip metadata`): sources -> normalise -> rules -> URL dedup -> URL shards.
+
+Elements are pyarrow tables, not rows: Beam pays per element, and the rules
+are vectorised. The job reads like its description::
+
+    files | ReadSources | TranslateCaptions | ApplyRules | DedupByUrl | WriteUrlShards
+
+with every reject flowing to WriteRejects and every count to WriteReport.
+Outputs under OUT: metadata/{bucket:05d}-{part:04d}.parquet (URL shards that
+img2dataset's Downloader reads), rejects/metadata-{bucket:05d}.parquet and
+report/metadata.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import polars as pl
+import pyarrow as pa
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from filters.dedup import dedup_by_url, partition_table, url_buckets
+from filters.rules import RuleSet, apply_rules
+from pipeline import paths
+from pipeline import report as R
+from pipeline import schema as S
+from pipeline.config import Config, config_to_dict, load_config
+
+REJECTS = "rejects"
+COUNTS = "counts"
+METADATA_DIR = "metadata"
+REJECTS_DIR = "rejects"
+REPORT_DIR = "report"
+REJECT_BUCKETS_MIN = 1
+
+log = logging.getLogger("zhclip.metadata")
+
+
+# --------------------------------------------------------------------- driver
+def plan_inputs(cfg: Config) -> list[tuple[str, str]]:
+    """Expand every source's globs into (source name, file) pairs.
+
+    Runs on the driver before the pipeline is built: a missing input, holdout
+    list, image_data file, translation table or blacklist file fails here,
+    before any work starts.
+    """
+    if not cfg.sources:
+        raise FileNotFoundError("the config lists no sources (add a `sources:` section)")
+    files: list[tuple[str, str]] = []
+    for src in cfg.sources:
+        seen: set[str] = set()
+        for path in paths.expand_paths(src.paths):
+            if path not in seen:  # overlapping globs must not read a file twice
+                seen.add(path)
+                files.append((src.name, path))
+        for label, p in (("holdout_ids", src.holdout_ids), ("image_data", src.image_data)):
+            if p and not paths.exists(p):
+                raise FileNotFoundError(f"source {src.name}: {label} file not found: {p}")
+        if src.kind == "visual_genome" and not src.image_data:
+            raise FileNotFoundError(f"source {src.name}: visual_genome needs image_data: image_data.json")
+        if src.translate and src.translate.backend == "lookup":
+            if not src.translate.table or not paths.exists(src.translate.table):
+                raise FileNotFoundError(
+                    f"source {src.name}: translate.table not found: {src.translate.table}"
+                )
+    for f in cfg.filters.blacklist.extra_files:
+        if not paths.exists(f):
+            raise FileNotFoundError(f"filters.blacklist.extra_files: not found: {f}")
+    return files
+
+
+def clear_outputs(out: str) -> None:
+    """Remove a previous run's stage-1 files so a rerun cannot mix old shards in."""
+    for f in paths.list_files(paths.join(out, METADATA_DIR), ".parquet"):
+        paths.remove(f)
+    for f in paths.list_files(paths.join(out, REJECTS_DIR), ".parquet"):
+        if f.rsplit("/", 1)[-1].startswith("metadata-"):
+            paths.remove(f)
+
+
+# ---------------------------------------------------------------------- DoFns
+class ReadSources(beam.DoFn):
+    """(source name, file) -> row tables; rejects and counts as tagged outputs."""
+
+    def __init__(self, cfg: dict[str, Any]):
+        self._cfg = cfg
+
+    def setup(self) -> None:
+        from pipeline.config import config_from_dict
+
+        self._sources = {s.name: s for s in config_from_dict(self._cfg).sources}
+        self._rows_in = Metrics.counter("zhclip.metadata", "rows_in")
+
+    def process(self, element: tuple[str, str]):
+        from pipeline.sources.registry import read_source_file
+
+        name, path = element
+        src = self._sources[name]
+        for b in read_source_file(src, path):
+            self._rows_in.inc(b.rows_in)
+            yield beam.pvalue.TaggedOutput(COUNTS, R.counts(name, rows_in=b.rows_in, reasons=b.skipped))
+            if b.rejects.num_rows:
+                yield beam.pvalue.TaggedOutput(REJECTS, b.rejects)
+            if b.rows.num_rows:
+                yield b.rows
+
+
+class ApplyRulesFn(beam.DoFn):
+    """Normalise captions, then URL, length and blacklist rules, per table."""
+
+    def __init__(self, rules: RuleSet):
+        self._rules = rules
+
+    def setup(self) -> None:
+        _ = self._rules.matcher  # build the automaton once per worker
+
+    def process(self, table: pa.Table):
+        kept, rejects = apply_rules(table, self._rules)
+        if rejects.num_rows:
+            yield beam.pvalue.TaggedOutput(REJECTS, rejects)
+        if kept.num_rows:
+            yield kept
+
+
+def _partition_by_url(table: pa.Table, n_buckets: int):
+    yield from partition_table(table, url_buckets(table, n_buckets))
+
+
+class DedupBucket(beam.DoFn):
+    """All rows of one URL bucket -> one row per normalised URL (smallest key wins)."""
+
+    def process(self, element: tuple[int, list[pa.Table]]):
+        bucket, tables = element
+        table = pa.concat_tables(list(tables)).combine_chunks()
+        kept, rejects = dedup_by_url(table)
+        if rejects.num_rows:
+            yield beam.pvalue.TaggedOutput(REJECTS, rejects)
+        yield bucket, kept
+
+
+class WriteUrlShards(beam.DoFn):
+    """Write one bucket's kept rows as URL shards of at most N rows, sorted by key.
+
+    File names depend only on the bucket and the part number, and the rows on
+    the input, so a retried bundle rewrites the same bytes under the same names.
+    """
+
+    def __init__(self, out: str, rows_per_shard: int):
+        self._out = out
+        self._n = rows_per_shard
+
+    def process(self, element: tuple[int, pa.Table]):
+        bucket, table = element
+        kept_counter = Metrics.counter("zhclip.metadata", "kept")
+        for part, start in enumerate(range(0, table.num_rows, self._n)):
+            chunk = table.slice(start, self._n)
+            name = f"{bucket:05d}-{part:04d}.parquet"
+            paths.write_parquet_atomic(S.conform(chunk, S.METADATA_SCHEMA),
+                                       paths.join(self._out, METADATA_DIR, name))
+        kept_counter.inc(table.num_rows)
+        by_source = pl.from_arrow(table.select([S.SOURCE])).group_by(S.SOURCE).len()
+        for source, n in by_source.iter_rows():
+            yield R.counts(source, kept=n)
+
+
+def _reject_buckets(table: pa.Table, n_buckets: int):
+    keys = table.column(S.KEY).combine_chunks().fill_null("")
+    hashes = pl.from_arrow(keys).hash(seed=7).to_numpy()
+    yield from partition_table(table, (hashes % np.uint64(n_buckets)).astype(np.int64))
+
+
+class WriteRejects(beam.DoFn):
+    """One bucket of reject tables -> rejects/metadata-{bucket}.parquet, sorted."""
+
+    def __init__(self, out: str):
+        self._out = out
+
+    def process(self, element: tuple[int, list[pa.Table]]):
+        bucket, tables = element
+        table = pa.concat_tables(list(tables)).sort_by([(S.KEY, "ascending"), (S.REASON, "ascending")])
+        paths.write_parquet_atomic(table, paths.join(self._out, REJECTS_DIR, f"metadata-{bucket:05d}.parquet"))
+        Metrics.counter("zhclip.metadata", "rejected").inc(table.num_rows)
+        grouped = pl.from_arrow(table.select([S.SOURCE, S.REASON])).group_by([S.SOURCE, S.REASON]).len()
+        for source, reason, n in grouped.iter_rows():
+            yield R.counts(source or "?", reasons={reason: n})
+
+
+class MergeCounts(beam.CombineFn):
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, acc, item):
+        return R.merge_counts([acc, item])
+
+    def merge_accumulators(self, accs):
+        return R.merge_counts(accs)
+
+    def extract_output(self, acc):
+        return acc
+
+
+def _count_only(table_counts: R.Counts) -> R.Counts:
+    return table_counts
+
+
+# --------------------------------------------------------- composite transforms
+class DedupByUrl(beam.PTransform):
+    """Hash-partition tables by normalised URL, group per bucket, dedup each bucket."""
+
+    def __init__(self, n_buckets: int):
+        super().__init__()
+        self._n = n_buckets
+
+    def expand(self, tables):
+        return (
+            tables
+            | "PartitionByUrl" >> beam.FlatMap(_partition_by_url, self._n)
+            | "GroupBucket" >> beam.GroupByKey()
+            | "Dedup" >> beam.ParDo(DedupBucket()).with_outputs(REJECTS, main="kept")
+        )
+
+
+class WriteRejectShards(beam.PTransform):
+    def __init__(self, out: str, n_buckets: int):
+        super().__init__()
+        self._out, self._n = out, n_buckets
+
+    def expand(self, rejects):
+        return (
+            rejects
+            | "PartitionByKey" >> beam.FlatMap(_reject_buckets, self._n)
+            | "GroupRejects" >> beam.GroupByKey()
+            | "Write" >> beam.ParDo(WriteRejects(self._out))
+        )
+
+
+class WriteReport(beam.PTransform):
+    def __init__(self, out: str, extra: dict[str, Any]):
+        super().__init__()
+        self._out, self._extra = out, extra
+
+    def expand(self, counts):
+        out, extra = self._out, self._extra
+
+        def write(merged: R.Counts) -> dict[str, Any]:
+            report = R.finalize("metadata", merged, extra)
+            report["shards"] = len(paths.list_files(paths.join(out, METADATA_DIR), ".parquet"))
+            paths.write_bytes_atomic(paths.join(out, REPORT_DIR, "metadata.json"), R.to_json(report))
+            return report
+
+        return counts | "Merge" >> beam.CombineGlobally(MergeCounts()) | "WriteJson" >> beam.Map(write)
+
+
+def build_pipeline(p: beam.Pipeline, cfg: Config, files: list[tuple[str, str]]) -> None:
+    out = cfg.output
+    cfg_dict = config_to_dict(cfg)
+    rules = RuleSet.from_config(cfg.filters)
+    n_buckets = cfg.metadata.dedup_buckets
+
+    read = (
+        p
+        | "Files" >> beam.Create(files)
+        | "Spread" >> beam.Reshuffle()
+        | "ReadSources" >> beam.ParDo(ReadSources(cfg_dict)).with_outputs(REJECTS, COUNTS, main="rows")
+    )
+    rows, reject_parts, count_parts = read.rows, [read[REJECTS]], [read[COUNTS]]
+
+    translate_cfgs = {s.name: s.translate for s in cfg.sources if s.translate is not None}
+    if translate_cfgs:
+        from pipeline.translate import TranslateCaptions
+
+        tr = rows | "TranslateCaptions" >> beam.ParDo(TranslateCaptions(translate_cfgs)).with_outputs(
+            REJECTS, main="rows"
+        )
+        rows = tr.rows
+        reject_parts.append(tr[REJECTS])
+
+    ruled = rows | "ApplyRules" >> beam.ParDo(ApplyRulesFn(rules)).with_outputs(REJECTS, main="kept")
+    reject_parts.append(ruled[REJECTS])
+    deduped = ruled.kept | "DedupByUrl" >> DedupByUrl(n_buckets)
+    reject_parts.append(deduped[REJECTS])
+
+    kept_counts = deduped.kept | "WriteUrlShards" >> beam.ParDo(
+        WriteUrlShards(out, cfg.metadata.rows_per_shard)
+    )
+    reject_counts = (
+        tuple(reject_parts) | "AllRejects" >> beam.Flatten() | "WriteRejects" >> WriteRejectShards(out, n_buckets)
+    )
+    extra = {"config": cfg_dict, "inputs": len(files)}
+    (
+        (count_parts[0], kept_counts, reject_counts)
+        | "AllCounts" >> beam.Flatten()
+        | "Report" >> WriteReport(out, extra)
+    )
+
+
+def pipeline_options(beam_args: list[str]) -> PipelineOptions:
+    opts = PipelineOptions(beam_args)
+    return opts
+
+
+def run_metadata(cfg: Config, beam_args: list[str] | None = None) -> dict[str, Any]:
+    """Run stage 1 and return the report (also written to OUT/report/metadata.json)."""
+    files = plan_inputs(cfg)
+    RuleSet.from_config(cfg.filters)  # bad networks etc. fail before the pipeline
+    paths.makedirs(cfg.output)
+    clear_outputs(cfg.output)
+    started = time.time()
+    with beam.Pipeline(options=pipeline_options(beam_args or [])) as p:
+        build_pipeline(p, cfg, files)
+    report_path = paths.join(cfg.output, REPORT_DIR, "metadata.json")
+    if not paths.exists(report_path):
+        # No rows at all reached the counts (empty inputs): still write a report.
+        report = R.finalize("metadata", {}, {"config": config_to_dict(cfg), "inputs": len(files)})
+        report["shards"] = 0
+        paths.write_bytes_atomic(report_path, R.to_json(report))
+    report = json.loads(paths.read_text(report_path))
+    report["seconds"] = round(time.time() - started, 3)
+    return report
+
+
+# ------------------------------------------------------------------------ CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", help="output root OUT (overrides the config's `output`)")
+    parser.add_argument("--quiet", action="store_true", help="do not print the funnel table")
+
+
+def main(args: argparse.Namespace, beam_args: list[str]) -> int:
+    overrides = list(args.overrides)
+    if args.output:
+        overrides.append(f"output={args.output}")
+    cfg = load_config(args.config, overrides)
+    report = run_metadata(cfg, beam_args)
+    if not args.quiet:
+        R.print_funnel(report, "stage 1 (metadata) funnel")
+        print(f"URL shards: {report['shards']} in {paths.join(cfg.output, METADATA_DIR)}  "
+              f"report: {paths.join(cfg.output, REPORT_DIR, 'metadata.json')}")
+    return 0 if report["total"]["balanced"] else 1

@@ -1,0 +1,168 @@
+"""Column names and pyarrow schemas of every stage's output.
+
+This is the one place a column name is spelled. Stages, filters, tests and the
+inspection tools import the constants from here, so renaming a column is a
+one-line change and a typo is an ImportError, not an empty column.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# --- stage 1: metadata (URL shards) -----------------------------------------
+KEY = "key"
+URL = "url"
+CAPTION = "caption"
+CAPTION_ORIG = "caption_orig"
+SOURCE = "source"
+SOURCE_ID = "source_id"
+SIMILARITY = "similarity"
+WIDTH = "width"
+HEIGHT = "height"
+LICENSE = "license"
+NSFW = "nsfw"
+PUNSAFE = "punsafe"
+PWATERMARK = "pwatermark"
+REGION_X = "region_x"
+REGION_Y = "region_y"
+REGION_W = "region_w"
+REGION_H = "region_h"
+
+METADATA_SCHEMA = pa.schema(
+    [
+        pa.field(KEY, pa.string(), nullable=False),
+        pa.field(URL, pa.string()),
+        pa.field(CAPTION, pa.string()),
+        pa.field(CAPTION_ORIG, pa.string()),
+        pa.field(SOURCE, pa.string(), nullable=False),
+        pa.field(SOURCE_ID, pa.string()),
+        pa.field(SIMILARITY, pa.float64()),
+        pa.field(WIDTH, pa.int64()),
+        pa.field(HEIGHT, pa.int64()),
+        pa.field(LICENSE, pa.string()),
+        pa.field(NSFW, pa.string()),
+        pa.field(PUNSAFE, pa.float64()),
+        pa.field(PWATERMARK, pa.float64()),
+        # Visual Genome region box (pixels of the original image); null elsewhere.
+        pa.field(REGION_X, pa.int64()),
+        pa.field(REGION_Y, pa.int64()),
+        pa.field(REGION_W, pa.int64()),
+        pa.field(REGION_H, pa.int64()),
+    ]
+)
+METADATA_COLUMNS = METADATA_SCHEMA.names
+
+# --- rejects (every stage) --------------------------------------------------
+REASON = "reason"
+STAGE = "stage"
+
+REJECT_SCHEMA = pa.schema(
+    [
+        pa.field(KEY, pa.string()),
+        pa.field(SOURCE, pa.string()),
+        pa.field(URL, pa.string()),
+        pa.field(CAPTION, pa.string()),
+        pa.field(REASON, pa.string(), nullable=False),
+        pa.field(STAGE, pa.string()),
+    ]
+)
+REJECT_COLUMNS = REJECT_SCHEMA.names
+
+# Fixed reject vocabulary. Blacklist reasons are built as
+# ``blacklist:<list>:<term>`` and download ones as ``download:<error class>``.
+REASON_CAPTION_TOO_SHORT = "caption_too_short"
+REASON_CAPTION_TOO_LONG = "caption_too_long"
+REASON_EMPTY_CAPTION = "empty_caption"
+REASON_DUPLICATE_URL = "duplicate_url"
+REASON_DUPLICATE_KEY = "duplicate_key"
+REASON_INVALID_URL = "invalid_url"
+REASON_PRIVATE_ADDRESS = "private_address"
+REASON_NOT_ZH = "not_zh"
+REASON_TEST_SPLIT = "test_split"
+REASON_MALFORMED_ROW = "malformed_row"
+REASON_MALFORMED_FILE = "malformed_file"
+REASON_UNTRANSLATED = "untranslated"
+REASON_LOW_SIMILARITY = "low_similarity"
+REASON_DECODE_ERROR = "decode_error"
+REASON_MISSING_MEMBER = "missing_member"
+REASON_DUPLICATE_IMAGE = "duplicate_image"
+REASON_TEST_OVERLAP = "test_overlap"
+BLACKLIST_PREFIX = "blacklist"
+DOWNLOAD_PREFIX = "download"
+
+
+def blacklist_reason(list_name: str, term: str) -> str:
+    """Reject reason for a caption that hit ``term`` of ``list_name``."""
+    return f"{BLACKLIST_PREFIX}:{list_name}:{term}"
+
+
+def empty_metadata_table() -> pa.Table:
+    return METADATA_SCHEMA.empty_table()
+
+
+def empty_reject_table() -> pa.Table:
+    return REJECT_SCHEMA.empty_table()
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Return ``table`` with exactly ``schema``'s columns, in order.
+
+    Missing columns become nulls and types are cast, so every reader can
+    produce a partial table and still hand the next step the one schema.
+    """
+    n = table.num_rows
+    arrays = []
+    for field in schema:
+        if field.name in table.column_names:
+            col = table.column(field.name)
+            if col.type != field.type:
+                col = col.cast(field.type)
+            arrays.append(col)
+        else:
+            arrays.append(pa.nulls(n, field.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def reject_table(
+    keys, sources, urls, captions, reasons, stage: str
+) -> pa.Table:
+    """Build a reject table from parallel lists or arrays."""
+    n = len(reasons)
+    return pa.Table.from_arrays(
+        [
+            pa.array(keys, pa.string()),
+            pa.array(sources, pa.string()),
+            pa.array(urls, pa.string()),
+            pa.array(captions, pa.string()),
+            pa.array(reasons, pa.string()),
+            pa.array([stage] * n, pa.string()),
+        ],
+        schema=REJECT_SCHEMA,
+    )
+
+
+# --- stage 3: final shards (parquet sidecar / per-sample json) --------------
+SCORE = "score"
+SHA256 = "sha256"
+SPLIT = "split"
+SHARD = "shard"
+
+DATASET_SCHEMA = pa.schema(
+    [
+        pa.field(KEY, pa.string(), nullable=False),
+        pa.field(SOURCE, pa.string()),
+        pa.field(URL, pa.string()),
+        pa.field(CAPTION, pa.string()),
+        pa.field(CAPTION_ORIG, pa.string()),
+        pa.field(SCORE, pa.float64()),
+        pa.field(WIDTH, pa.int64()),
+        pa.field(HEIGHT, pa.int64()),
+        pa.field(SHA256, pa.string()),
+    ]
+)
+DATASET_COLUMNS = DATASET_SCHEMA.names
+
+# Members of one webdataset sample in the final shards.
+MEMBER_IMAGE = "jpg"
+MEMBER_TEXT = "txt"
+MEMBER_JSON = "json"

@@ -1,0 +1,1 @@
+"""One reader module per source kind; each turns a file into schema tables."""

@@ -1,0 +1,1 @@
+"""Two-stage Chinese CLIP pretraining on zhclip shards."""

@@ -1,0 +1,83 @@
+"""Exported models: weights + spec + vocabulary in one file, loadable offline.
+
+The scorer's ``zhclip`` backend and anyone evaluating a trained model use
+:func:`load_export`; it also accepts a training checkpoint, which carries the
+same three parts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from training.checkpoint import CHECKPOINT_FORMAT, atomic_save
+from training.data import eval_transform
+from training.model import ChineseCLIP, load_weights, model_from_spec
+from training.tokenizer import CaptionTokenizer, tokenizer_from_vocab
+
+EXPORT_FORMAT = "zhclip-export"
+EXPORT_VERSION = 1
+
+
+def export_model(model: ChineseCLIP, tokenizer: CaptionTokenizer, path: str | Path) -> Path:
+    """Write ``model`` (unwrapped, any device) and its tokenizer to ``path`` atomically."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return atomic_save({
+        "format": EXPORT_FORMAT,
+        "version": EXPORT_VERSION,
+        "spec": model.spec,
+        "state_dict": state,
+        "vocab": tokenizer.vocab(),
+        "context_length": tokenizer.context_length,
+    }, Path(path))
+
+
+def read_weights_file(path: str | Path) -> dict:
+    """An export or checkpoint as a dict with spec, state_dict (under "model" or "state_dict") and vocab."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no zhclip export or checkpoint at {path}")
+    data = torch.load(p, map_location="cpu", weights_only=False)
+    fmt = data.get("format") if isinstance(data, dict) else None
+    if fmt == CHECKPOINT_FORMAT:
+        data = {**data, "state_dict": data["model"]}
+    elif fmt != EXPORT_FORMAT:
+        raise ValueError(f"{path} is neither a zhclip export nor a zhclip checkpoint")
+    return data
+
+
+def load_export(path: str | Path, device: str | torch.device = "cpu"
+                ) -> tuple[ChineseCLIP, CaptionTokenizer, Callable[[Image.Image], torch.Tensor]]:
+    """(model in eval mode on ``device``, tokenizer, eval image transform)."""
+    data = read_weights_file(path)
+    spec = data["spec"]
+    model = model_from_spec(spec)
+    load_weights(model, data["state_dict"])
+    model.to(device).eval()
+    tokenizer = tokenizer_from_vocab(data["vocab"], int(data.get("context_length",
+                                                                  spec["context_length"])))
+    transform = eval_transform(spec["image_size"], spec["mean"], spec["std"])
+    return model, tokenizer, transform
+
+
+@torch.no_grad()
+def embed_images(model: ChineseCLIP, transform: Callable, images: Sequence[Image.Image],
+                 device: str | torch.device = "cpu") -> torch.Tensor:
+    """L2-normalised image embeddings [N, D] (float32, on CPU)."""
+    if not images:
+        return torch.empty(0, model.spec["embed_dim"])
+    pixels = torch.stack([transform(im.convert("RGB")) for im in images]).to(device)
+    return model.encode_image(pixels).float().cpu()
+
+
+@torch.no_grad()
+def embed_texts(model: ChineseCLIP, tokenizer: CaptionTokenizer, captions: Sequence[str],
+                device: str | torch.device = "cpu") -> torch.Tensor:
+    """L2-normalised caption embeddings [N, D] (float32, on CPU)."""
+    if not captions:
+        return torch.empty(0, model.spec["embed_dim"])
+    ids, mask = tokenizer(list(captions))
+    return model.encode_text(ids.to(device), mask.to(device)).float().cpu()
