@@ -19,9 +19,24 @@ from pipeline import schema as S
 _HASH_SEED = 20221102  # fixed: bucket layout must not change between runs
 
 
-def url_buckets(table: pa.Table, n_buckets: int) -> np.ndarray:
-    """Bucket number of every row, from its normalised URL."""
+def dedup_keys(table: pa.Table, caption_sources: frozenset[str] = frozenset()) -> pa.Array:
+    """Normalised URL per row; for ``caption_sources`` also the caption.
+
+    COCO and Visual Genome hold several captions (or regions) per image URL,
+    and those are distinct pairs, not duplicates: such sources set
+    ``dedup: url_caption`` and only identical (URL, caption) pairs merge.
+    """
     keys = url_dedup_keys(table.column(S.URL))
+    if not caption_sources:
+        return keys
+    with_caption = pc.binary_join_element_wise(keys, pc.fill_null(table.column(S.CAPTION), ""), "\x1f")
+    in_sources = pc.is_in(table.column(S.SOURCE), value_set=pa.array(sorted(caption_sources), pa.string()))
+    return pc.if_else(in_sources, with_caption, keys)
+
+
+def url_buckets(table: pa.Table, n_buckets: int, caption_sources: frozenset[str] = frozenset()) -> np.ndarray:
+    """Bucket number of every row, from its dedup key."""
+    keys = dedup_keys(table, caption_sources)
     hashes = pl.from_arrow(keys).hash(seed=_HASH_SEED).to_numpy()
     return (hashes % np.uint64(n_buckets)).astype(np.int64)
 
@@ -41,7 +56,9 @@ def partition_table(table: pa.Table, buckets: np.ndarray) -> list[tuple[int, pa.
     ]
 
 
-def dedup_by_url(table: pa.Table) -> tuple[pa.Table, pa.Table]:
+def dedup_by_url(
+    table: pa.Table, caption_sources: frozenset[str] = frozenset()
+) -> tuple[pa.Table, pa.Table]:
     """Keep one row per normalised URL (smallest key); return (kept, rejects).
 
     Kept rows come back sorted by key, which makes the shards written from
@@ -49,7 +66,7 @@ def dedup_by_url(table: pa.Table) -> tuple[pa.Table, pa.Table]:
     """
     if table.num_rows == 0:
         return table, S.empty_reject_table()
-    dkey = url_dedup_keys(table.column(S.URL))
+    dkey = dedup_keys(table, caption_sources)
     work = table.append_column("__dkey", dkey)
     work = work.sort_by([("__dkey", "ascending"), (S.KEY, "ascending")])
     dk = work.column("__dkey").combine_chunks()

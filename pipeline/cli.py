@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from pipeline.config import ConfigError
@@ -68,7 +69,16 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+class _DropBeamImportNoise(logging.Filter):
+    """Beam warns on import when the optional GCP client libraries are absent;
+    that is expected on a local install and only confuses users."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "apitools not found" not in record.getMessage()
+
+
 def main(argv: list[str] | None = None) -> int:
+    logging.getLogger().addFilter(_DropBeamImportNoise())
     argv = sys.argv[1:] if argv is None else argv
     selected = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(selected)

@@ -50,6 +50,10 @@ class SourceConfig(_Strict):
     translate: TranslateConfig | None = None
     columns: dict[str, str] = Field(default_factory=dict)  # generic: ours -> theirs
     format: Literal["auto", "parquet", "csv", "tsv", "jsonl"] = "auto"
+    # url: one row per image URL across all sources (smallest key wins).
+    # url_caption: only identical (URL, caption) pairs merge, for sources with
+    # several captions per image (COCO, Visual Genome).
+    dedup: Literal["url", "url_caption"] = "url"
     batch_rows: int = Field(100_000, ge=1)
 
     @field_validator("name")

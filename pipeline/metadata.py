@@ -129,17 +129,20 @@ class ApplyRulesFn(beam.DoFn):
             yield kept
 
 
-def _partition_by_url(table: pa.Table, n_buckets: int):
-    yield from partition_table(table, url_buckets(table, n_buckets))
+def _partition_by_url(table: pa.Table, n_buckets: int, caption_sources: frozenset[str]):
+    yield from partition_table(table, url_buckets(table, n_buckets, caption_sources))
 
 
 class DedupBucket(beam.DoFn):
     """All rows of one URL bucket -> one row per normalised URL (smallest key wins)."""
 
+    def __init__(self, caption_sources: frozenset[str]):
+        self._caption_sources = caption_sources
+
     def process(self, element: tuple[int, list[pa.Table]]):
         bucket, tables = element
         table = pa.concat_tables(list(tables)).combine_chunks()
-        kept, rejects = dedup_by_url(table)
+        kept, rejects = dedup_by_url(table, self._caption_sources)
         if rejects.num_rows:
             yield beam.pvalue.TaggedOutput(REJECTS, rejects)
         yield bucket, kept
@@ -214,16 +217,17 @@ def _count_only(table_counts: R.Counts) -> R.Counts:
 class DedupByUrl(beam.PTransform):
     """Hash-partition tables by normalised URL, group per bucket, dedup each bucket."""
 
-    def __init__(self, n_buckets: int):
+    def __init__(self, n_buckets: int, caption_sources: frozenset[str] = frozenset()):
         super().__init__()
         self._n = n_buckets
+        self._caption_sources = caption_sources
 
     def expand(self, tables):
         return (
             tables
-            | "PartitionByUrl" >> beam.FlatMap(_partition_by_url, self._n)
+            | "PartitionByUrl" >> beam.FlatMap(_partition_by_url, self._n, self._caption_sources)
             | "GroupBucket" >> beam.GroupByKey()
-            | "Dedup" >> beam.ParDo(DedupBucket()).with_outputs(REJECTS, main="kept")
+            | "Dedup" >> beam.ParDo(DedupBucket(self._caption_sources)).with_outputs(REJECTS, main="kept")
         )
 
 
@@ -284,7 +288,8 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, files: list[tuple[str, str]]) 
 
     ruled = rows | "ApplyRules" >> beam.ParDo(ApplyRulesFn(rules)).with_outputs(REJECTS, main="kept")
     reject_parts.append(ruled[REJECTS])
-    deduped = ruled.kept | "DedupByUrl" >> DedupByUrl(n_buckets)
+    caption_sources = frozenset(s.name for s in cfg.sources if s.dedup == "url_caption")
+    deduped = ruled.kept | "DedupByUrl" >> DedupByUrl(n_buckets, caption_sources)
     reject_parts.append(deduped[REJECTS])
 
     kept_counts = deduped.kept | "WriteUrlShards" >> beam.ParDo(

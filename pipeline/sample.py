@@ -41,8 +41,8 @@ EN_TEMPLATES = [
     "a {color} {shape} on a {bg} background",
     "a {color} {shape} in the middle of a {bg} picture",
 ]
-EN_REGION = "{color} {shape} on {bg}"
-ZH_REGION = "{bg}背景上的{color}{shape}图案"
+EN_REGIONS = ["{color} {shape} on {bg}", "a {bg} background behind the {color} {shape}"]
+ZH_REGIONS = ["{bg}背景上的{color}{shape}图案", "{color}{shape}后面是{bg}的背景"]
 
 # Captions that each rule must reject (kept realistic on purpose).
 TOO_SHORT = ["红色圆", "小猫", "蓝天"]
@@ -108,8 +108,9 @@ def translate_en(en: str) -> str:
         for i, t in enumerate(EN_TEMPLATES):
             if t.format(color=cen, shape=sen, bg=ben) == en:
                 return ZH_TEMPLATES[i].format(color=czh, shape=szh, bg=bzh)
-        if EN_REGION.format(color=cen, shape=sen, bg=ben) == en:
-            return ZH_REGION.format(color=czh, shape=szh, bg=bzh)
+        for i, t in enumerate(EN_REGIONS):
+            if t.format(color=cen, shape=sen, bg=ben) == en:
+                return ZH_REGIONS[i].format(color=czh, shape=szh, bg=bzh)
     raise KeyError(en)
 
 
@@ -195,7 +196,7 @@ def _write_wukong(folder: Path, imgs: list[Drawn], url: dict, rng: random.Random
         w.writerow([url[d.name], cap])
     for j, cap in enumerate(BLACKLISTED[4:]):
         w.writerow([url[imgs[j].name] + f"?w={j}", cap])
-    w.writerow([url[laion_imgs[1].name], "与LAION重复网址的一条描述"])  # cross-source duplicate
+    w.writerow([url[laion_imgs[1].name], "与LAION重复的一张红色图片"])  # cross-source duplicate
     data = buf.getvalue().encode("utf-8")
     data += b"http://img.example.com/a.jpg,broken,extra,fields\n"  # wrong field count
     data += b"http://img.example.com/b.jpg,\xff\xfe invalid utf-8 caption\n"
@@ -204,7 +205,7 @@ def _write_wukong(folder: Path, imgs: list[Drawn], url: dict, rng: random.Random
 
 def _write_coco(folder: Path, imgs: list[Drawn], url: dict, rng: random.Random) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    images, anns, table = [], [], []
+    images, anns = [], []
     ann_id = 500_000
     for i, d in enumerate(imgs):
         image_id = 100_000 + i
@@ -232,9 +233,9 @@ def _write_vg(folder: Path, imgs: list[Drawn], url: dict, rng: random.Random, co
         image_data.append({"image_id": image_id, "url": url[d.name], "coco_id": coco_id,
                            "width": 256, "height": 256})
         regs = []
-        for _ in range(2):
+        for k in range(2):
             rid += 1
-            phrase = EN_REGION.format(color=COLORS[d.color][1], shape=SHAPES[d.shape][1], bg=BACKGROUNDS[d.bg][1])
+            phrase = EN_REGIONS[k].format(color=COLORS[d.color][1], shape=SHAPES[d.shape][1], bg=BACKGROUNDS[d.bg][1])
             regs.append({"region_id": rid, "image_id": image_id, "phrase": phrase,
                          "x": 10, "y": 12, "width": 200, "height": 180})
         regions.append({"id": image_id, "regions": regs})
@@ -244,7 +245,7 @@ def _write_vg(folder: Path, imgs: list[Drawn], url: dict, rng: random.Random, co
     for c in COLORS:
         for s in SHAPES:
             for b in BACKGROUNDS:
-                for t in [*EN_TEMPLATES, EN_REGION]:
+                for t in [*EN_TEMPLATES, *EN_REGIONS]:
                     en = t.format(color=c[1], shape=s[1], bg=b[1])
                     lines.append(f"{en}\t{translate_en(en)}")
     (folder / "zh.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -259,10 +260,11 @@ def sample_config(root: str | Path, output: str | Path) -> dict:
             {"name": "laion_zh", "kind": "laion", "paths": [str(root / "laion/*.parquet")], "languages": ["zh"]},
             {"name": "wukong", "kind": "wukong", "paths": [str(root / "wukong/*.csv")]},
             {"name": "coco_zh", "kind": "coco", "paths": [str(root / "coco/captions_train2014.json")],
-             "holdout_ids": str(root / "coco/test_image_ids.txt"),
+             "holdout_ids": str(root / "coco/test_image_ids.txt"), "dedup": "url_caption",
              "translate": {"backend": "lookup", "table": str(root / "vg/zh.tsv")}},
             {"name": "vg_zh", "kind": "visual_genome", "paths": [str(root / "vg/region_descriptions.json")],
              "image_data": str(root / "vg/image_data.json"), "holdout_ids": str(root / "coco/test_image_ids.txt"),
+             "dedup": "url_caption",
              "translate": {"backend": "lookup", "table": str(root / "vg/zh.tsv")}},
         ],
         "filters": {"urls": {"allow_networks": ["127.0.0.0/8"]}},
