@@ -34,11 +34,24 @@ def dedup_keys(table: pa.Table, caption_sources: frozenset[str] = frozenset()) -
     return pc.if_else(in_sources, with_caption, keys)
 
 
+HASH_COLUMN = "__dhash"
+
+
+def dedup_hashes(table: pa.Table, caption_sources: frozenset[str] = frozenset()) -> np.ndarray:
+    """64-bit hash of every row's dedup key (fixed seed: stable across runs)."""
+    keys = dedup_keys(table, caption_sources)
+    return pl.from_arrow(keys).hash(seed=_HASH_SEED).to_numpy()
+
+
 def url_buckets(table: pa.Table, n_buckets: int, caption_sources: frozenset[str] = frozenset()) -> np.ndarray:
     """Bucket number of every row, from its dedup key."""
-    keys = dedup_keys(table, caption_sources)
-    hashes = pl.from_arrow(keys).hash(seed=_HASH_SEED).to_numpy()
-    return (hashes % np.uint64(n_buckets)).astype(np.int64)
+    return (dedup_hashes(table, caption_sources) % np.uint64(n_buckets)).astype(np.int64)
+
+
+def with_dedup_hash(table: pa.Table, caption_sources: frozenset[str] = frozenset()) -> tuple[pa.Table, np.ndarray]:
+    """Attach the dedup hash as a column, so the dedup step need not recompute keys."""
+    h = dedup_hashes(table, caption_sources)
+    return table.append_column(HASH_COLUMN, pa.array(h)), h
 
 
 def partition_table(table: pa.Table, buckets: np.ndarray) -> list[tuple[int, pa.Table]]:
@@ -47,11 +60,12 @@ def partition_table(table: pa.Table, buckets: np.ndarray) -> list[tuple[int, pa.
         return []
     order = np.argsort(buckets, kind="stable")
     sorted_buckets = buckets[order]
-    taken = table.take(pa.array(order))
     starts = np.flatnonzero(np.r_[True, sorted_buckets[1:] != sorted_buckets[:-1]])
     ends = np.r_[starts[1:], len(order)]
+    # One take per part (not slices of one big take): a pickled slice carries
+    # its parent's whole buffers, which multiplied the shuffle's bytes.
     return [
-        (int(sorted_buckets[s]), taken.slice(int(s), int(e - s)))
+        (int(sorted_buckets[s]), table.take(pa.array(order[s:e])))
         for s, e in zip(starts, ends, strict=True)
     ]
 
@@ -66,20 +80,31 @@ def dedup_by_url(
     """
     if table.num_rows == 0:
         return table, S.empty_reject_table()
-    dkey = dedup_keys(table, caption_sources)
-    work = table.append_column("__dkey", dkey)
-    work = work.sort_by([("__dkey", "ascending"), (S.KEY, "ascending")])
-    dk = work.column("__dkey").combine_chunks()
-    n = work.num_rows
-    first = np.ones(n, dtype=bool)
-    if n > 1:
-        same = pc.fill_null(pc.equal(dk.slice(1), dk.slice(0, n - 1)), False).to_numpy(
-            zero_copy_only=False
-        )
-        first[1:] = ~same
-    mask = pa.array(first)
-    kept = work.filter(mask).drop_columns(["__dkey"]).sort_by([(S.KEY, "ascending")])
-    losers = work.filter(pc.invert(mask))
+    table = table.combine_chunks()
+    if HASH_COLUMN in table.column_names:
+        dhash = table.column(HASH_COLUMN).to_numpy()
+        table = table.drop_columns([HASH_COLUMN])
+    else:
+        dhash = dedup_hashes(table, caption_sources)
+    # Rows whose hash occurs once are unique: only rows sharing a hash (the
+    # duplicates, plus any 64-bit collision) need their keys compared.
+    shared = pl.Series(dhash).is_duplicated().to_numpy()
+    shared_idx = np.flatnonzero(shared)
+    keep = ~shared
+    if len(shared_idx):
+        sub = table.take(pa.array(shared_idx))
+        narrow = pa.table({"d": dedup_keys(sub, caption_sources), "k": sub.column(S.KEY)})
+        order = pc.sort_indices(narrow, sort_keys=[("d", "ascending"), ("k", "ascending")]).to_numpy()
+        d_sorted = narrow.column("d").take(pa.array(order)).combine_chunks()
+        first = np.ones(len(order), dtype=bool)
+        if len(order) > 1:
+            same = pc.fill_null(pc.equal(d_sorted.slice(1), d_sorted.slice(0, len(order) - 1)), False)
+            first[1:] = ~same.to_numpy(zero_copy_only=False)
+        keep[shared_idx[order[first]]] = True
+    winners = pa.array(np.flatnonzero(keep))
+    winners = winners.take(pc.sort_indices(table.column(S.KEY).take(winners)))
+    kept = table.take(winners)
+    losers = table.take(pa.array(np.flatnonzero(~keep)))
     rejects = pa.Table.from_arrays(
         [
             losers.column(S.KEY),

@@ -19,6 +19,12 @@ import pyarrow.compute as pc
 # spaces/joiners, bidi marks, BOM). RE2 syntax (pyarrow) and Python re agree on these.
 _DROP_RE2 = r"[\x{0000}-\x{0008}\x{000e}-\x{001f}\x{007f}-\x{009f}\p{Cf}]"
 _SPACE_RE2 = r"[\s\x{000b}\p{Z}]+"
+# Anything normalisation would change: a dropped character, whitespace other
+# than a single inner ASCII space, or a leading/trailing space.
+_DIRTY_RE2 = (
+    r"[\x{0000}-\x{001f}\x{007f}-\x{009f}\p{Cf}\p{Zl}\p{Zp}\x{00a0}\x{1680}\x{2000}-\x{200a}"
+    r"\x{202f}\x{205f}\x{3000}]|  |^ | $"
+)
 _SPACE_PY = re.compile(r"[\s\u000b\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+")
 _ENTITY_HINT = re.compile(r"&(#?[0-9A-Za-z]+);")
 
@@ -65,9 +71,15 @@ def normalize_captions(arr: pa.Array | pa.ChunkedArray, traditional_to_simplifie
         for i in idx.to_pylist():
             values[i] = html.unescape(values[i])
         arr = pa.array(values, pa.string())
-    arr = pc.replace_substring_regex(arr, _DROP_RE2, "")
-    arr = pc.replace_substring_regex(arr, _SPACE_RE2, " ")
-    arr = pc.utf8_trim(arr, " ")
+    # Most captions are already clean: find the others with one DFA pass and
+    # run the rewriting kernels on those rows only.
+    dirty = pc.fill_null(pc.match_substring_regex(arr, _DIRTY_RE2), False)
+    if pc.any(dirty).as_py():
+        sub = arr.filter(dirty)
+        sub = pc.replace_substring_regex(sub, _DROP_RE2, "")
+        sub = pc.replace_substring_regex(sub, _SPACE_RE2, " ")
+        sub = pc.utf8_trim(sub, " ")
+        arr = pc.replace_with_mask(arr, dirty, sub)
     if traditional_to_simplified:
         conv = _t2s()
         arr = pa.array([None if v is None else conv.convert(v) for v in arr.to_pylist()], pa.string())

@@ -76,18 +76,61 @@ def literal_address(host: str) -> ipaddress._BaseAddress | None:
         return None
 
 
+# The common case, checked with one DFA pass (no submatch extraction, which
+# costs ~10x more in RE2): a network scheme, a lowercase-or-not ASCII host
+# whose last label starts with a letter (so never an IP literal), an optional
+# port, and a path without whitespace. Only the rest takes the full parse.
+def _fast_url_re(schemes: Sequence[str]) -> str | None:
+    net = sorted({re.escape(s.lower()) for s in schemes if s.lower() != "file"})
+    if not net:
+        return None
+    return (
+        rf"^(?:{'|'.join(net)})://[a-z0-9_\-]+(?:\.[a-z0-9_\-]+)*\.[a-z][a-z0-9\-]*\.?"
+        r"(?::[0-9]{1,5})?(?:[/?#][^\s]*)?$"
+    )
+
+
+_FAST_KEY_RE = r"^[a-z][a-z0-9+.\-]*://[a-z0-9_\-]+(?:\.[a-z0-9_\-]+)*/[^#\s]*$"
+
+
+def _as_string_array(urls: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(urls, pa.ChunkedArray):
+        urls = urls.combine_chunks()
+    if urls.type != pa.string():
+        urls = urls.cast(pa.string())
+    return urls
+
+
 def url_reasons(
     urls: pa.Array | pa.ChunkedArray,
     schemes: Sequence[str] = ("http", "https"),
     allow_networks: Sequence[str] = (),
 ) -> pa.Array:
     """Reject reason per URL (``invalid_url`` / ``private_address``), null to keep."""
+    urls = _as_string_array(urls)
+    parse_networks(allow_networks)
+    fast_re = _fast_url_re(schemes)
+    if fast_re is None or len(urls) == 0:
+        return _url_reasons_full(urls, schemes, allow_networks)
+    fast = pc.and_(
+        pc.fill_null(pc.match_substring_regex(urls, fast_re, ignore_case=True), False),
+        pc.invert(pc.fill_null(pc.match_substring(urls, "localhost", ignore_case=True), False)),
+    )
+    slow_idx = pc.indices_nonzero(pc.invert(fast))
+    if len(slow_idx) == 0:
+        return pa.nulls(len(urls), pa.string())
+    slow = _url_reasons_full(urls.take(slow_idx), schemes, allow_networks)
+    out: list[str | None] = [None] * len(urls)
+    for i, r in zip(slow_idx.to_pylist(), slow.to_pylist(), strict=True):
+        out[i] = r
+    return pa.array(out, pa.string())
+
+
+def _url_reasons_full(
+    urls: pa.Array, schemes: Sequence[str], allow_networks: Sequence[str]
+) -> pa.Array:
     from pipeline.schema import REASON_INVALID_URL, REASON_PRIVATE_ADDRESS
 
-    if isinstance(urls, pa.ChunkedArray):
-        urls = urls.combine_chunks()
-    if urls.type != pa.string():
-        urls = urls.cast(pa.string())
     nets = parse_networks(allow_networks)
     allowed_schemes = pa.array([s.lower() for s in schemes], pa.string())
     parts = pc.extract_regex(urls, _URL_RE2)
@@ -157,10 +200,18 @@ def url_dedup_keys(urls: pa.Array | pa.ChunkedArray) -> pa.Array:
     servers). Unparseable URLs keep their raw text, so they never merge with
     a different URL.
     """
-    if isinstance(urls, pa.ChunkedArray):
-        urls = urls.combine_chunks()
-    if urls.type != pa.string():
-        urls = urls.cast(pa.string())
+    urls = _as_string_array(urls)
+    # Most URLs are already in normal form (lowercase host, a path, no port,
+    # no fragment): they are their own key, and only the rest is parsed.
+    fast = pc.fill_null(pc.match_substring_regex(urls, _FAST_KEY_RE), False)
+    slow_mask = pc.invert(fast)
+    if not pc.any(slow_mask).as_py():
+        return urls
+    slow_keys = _url_dedup_keys_full(urls.filter(slow_mask))
+    return pc.replace_with_mask(urls, slow_mask, slow_keys)
+
+
+def _url_dedup_keys_full(urls: pa.Array) -> pa.Array:
     parts = pc.extract_regex(urls, _URL_RE2)
     scheme = pc.utf8_lower(pc.struct_field(parts, "scheme"))
     host = pc.utf8_rtrim(pc.utf8_lower(pc.struct_field(parts, "host")), ".")

@@ -23,10 +23,11 @@ import apache_beam as beam
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from filters.dedup import dedup_by_url, partition_table, url_buckets
+from filters.dedup import dedup_by_url, partition_table, with_dedup_hash
 from filters.rules import RuleSet, apply_rules
 from pipeline import paths
 from pipeline import report as R
@@ -130,7 +131,8 @@ class ApplyRulesFn(beam.DoFn):
 
 
 def _partition_by_url(table: pa.Table, n_buckets: int, caption_sources: frozenset[str]):
-    yield from partition_table(table, url_buckets(table, n_buckets, caption_sources))
+    table, hashes = with_dedup_hash(table, caption_sources)
+    yield from partition_table(table, (hashes % np.uint64(n_buckets)).astype(np.int64))
 
 
 class DedupBucket(beam.DoFn):
@@ -168,9 +170,8 @@ class WriteUrlShards(beam.DoFn):
             paths.write_parquet_atomic(S.conform(chunk, S.METADATA_SCHEMA),
                                        paths.join(self._out, METADATA_DIR, name))
         kept_counter.inc(table.num_rows)
-        by_source = pl.from_arrow(table.select([S.SOURCE])).group_by(S.SOURCE).len()
-        for source, n in by_source.iter_rows():
-            yield R.counts(source, kept=n)
+        for item in pc.value_counts(table.column(S.SOURCE)).to_pylist():
+            yield R.counts(item["values"], kept=item["counts"])
 
 
 def _reject_buckets(table: pa.Table, n_buckets: int):
@@ -190,9 +191,9 @@ class WriteRejects(beam.DoFn):
         table = pa.concat_tables(list(tables)).sort_by([(S.KEY, "ascending"), (S.REASON, "ascending")])
         paths.write_parquet_atomic(table, paths.join(self._out, REJECTS_DIR, f"metadata-{bucket:05d}.parquet"))
         Metrics.counter("zhclip.metadata", "rejected").inc(table.num_rows)
-        grouped = pl.from_arrow(table.select([S.SOURCE, S.REASON])).group_by([S.SOURCE, S.REASON]).len()
-        for source, reason, n in grouped.iter_rows():
-            yield R.counts(source or "?", reasons={reason: n})
+        grouped = table.group_by([S.SOURCE, S.REASON]).aggregate([([], "count_all")])
+        for row in grouped.to_pylist():
+            yield R.counts(row[S.SOURCE] or "?", reasons={row[S.REASON]: row["count_all"]})
 
 
 class MergeCounts(beam.CombineFn):

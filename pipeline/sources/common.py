@@ -59,8 +59,17 @@ def make_key(source: str, source_id: str) -> str:
 
 
 def make_keys(source: str, source_ids: pa.Array) -> pa.Array:
-    ids = source_ids.to_pylist()
-    return pa.array([make_key(source, s) for s in ids], pa.string())
+    """Vectorised :func:`make_key`: safe ids are joined in Arrow, the rest hashed in Python."""
+    if isinstance(source_ids, pa.ChunkedArray):
+        source_ids = source_ids.combine_chunks()
+    ids = source_ids.cast(pa.string()).fill_null("")
+    safe = pc.fill_null(pc.match_substring_regex(ids, _SAFE_ID.pattern), False)
+    keys = pc.binary_join_element_wise(pa.scalar(source), ids, "_")
+    unsafe = pc.invert(safe)
+    if pc.any(unsafe).as_py():
+        fixed = pa.array([make_key(source, s) for s in ids.filter(unsafe).to_pylist()], pa.string())
+        keys = pc.replace_with_mask(keys, unsafe, fixed)
+    return keys
 
 
 def clip_text(value: Any) -> str | None:
