@@ -23,38 +23,59 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Attribute docstrings become field descriptions: the README's config
+    # reference is generated from them (pipeline/config_doc.py).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
 class TranslateConfig(_Strict):
     """EN->ZH translation of COCO / Visual Genome captions."""
 
     backend: Literal["marian", "lookup"] = "marian"
+    """marian: a MarianMT model; lookup: an english<TAB>chinese table."""
     model: str = "Helsinki-NLP/opus-mt-en-zh"
-    table: str | None = None  # english<TAB>chinese file for the lookup backend
+    """Marian model: hub name or local folder."""
+    table: str | None = None
+    """english<TAB>chinese TSV for the lookup backend."""
     batch_size: int = Field(32, ge=1)
+    """Sentences per generate() call."""
     device: str = "auto"
+    """auto (CUDA when present), cpu, cuda, cuda:N."""
     max_length: int = Field(128, ge=8)
+    """Longest input in tokens; longer sentences are rejected as untranslated."""
     num_beams: int | None = Field(None, ge=1)
+    """Beam search width (model default when unset)."""
     cache_size: int = Field(100_000, ge=0)
+    """Translations kept per worker, so repeated sentences are translated once."""
 
 
 class SourceConfig(_Strict):
+    """One input source: a kind of file and the paths (globs; local, gs://, hf://) to read."""
+
     name: str
+    """Source name: lowercase letters, digits, '_'; prefixes every sample key."""
     kind: Literal["laion", "wukong", "coco", "visual_genome", "generic"]
+    """Reader: laion parquet, wukong CSV, coco captions json (or COCO-CN txt), visual_genome regions, generic."""
     paths: list[str] = Field(min_length=1)
-    languages: list[str] | None = None  # laion: LANGUAGE values kept; None -> ["zh"]
-    holdout_ids: str | None = None  # coco / vg: file of held-out COCO image ids
-    image_data: str | None = None  # vg: image_data.json
-    image_root: str | None = None  # coco / vg: serve images as file:// under this root
+    """Files or globs; relative paths are relative to the config file."""
+    languages: list[str] | None = None
+    """laion: LANGUAGE values kept (default [zh]); [] keeps every row."""
+    holdout_ids: str | None = None
+    """coco / visual_genome: file of held-out COCO image ids (Karpathy test, COCO-CN test)."""
+    image_data: str | None = None
+    """visual_genome: image_data.json (image urls and coco_id)."""
+    image_root: str | None = None
+    """coco / visual_genome: use file:// URLs of local images under this folder."""
     translate: TranslateConfig | None = None
-    columns: dict[str, str] = Field(default_factory=dict)  # generic: ours -> theirs
+    """Translate captions EN->ZH before the rules (caption_orig keeps the English)."""
+    columns: dict[str, str] = Field(default_factory=dict)
+    """generic: zhclip column -> file column (url, caption, id, similarity, width, height, license, nsfw)."""
     format: Literal["auto", "parquet", "csv", "tsv", "jsonl"] = "auto"
-    # url: one row per image URL across all sources (smallest key wins).
-    # url_caption: only identical (URL, caption) pairs merge, for sources with
-    # several captions per image (COCO, Visual Genome).
+    """generic: file format (auto: from the extension)."""
     dedup: Literal["url", "url_caption"] = "url"
+    """url: one row per image URL across sources; url_caption: only identical (URL, caption) pairs merge (COCO, VG)."""
     batch_rows: int = Field(100_000, ge=1)
+    """Rows per Arrow table moving through the job."""
 
     @field_validator("name")
     @classmethod
@@ -78,86 +99,125 @@ class SourceConfig(_Strict):
 
 class CaptionFilterConfig(_Strict):
     min_chars: int = Field(5, ge=0)
+    """Shortest caption kept, in Unicode code points after normalisation (paper: 5)."""
     max_chars: int = Field(50, ge=1)
+    """Longest caption kept (paper: 50)."""
     traditional_to_simplified: bool = False
+    """Convert Traditional to Simplified Chinese (OpenCC t2s) during normalisation."""
 
 
 class BlacklistConfig(_Strict):
     lists: list[str] = Field(default_factory=lambda: ["builtin"])
+    """Shipped lists: builtin (all), or any of advertising, filenames, watermark, contact."""
     extra_files: list[str] = Field(default_factory=list)
+    """Your own list files, same format; the list name is the file stem."""
 
 
 class UrlFilterConfig(_Strict):
     schemes: list[str] = Field(default_factory=lambda: ["http", "https"])
+    """Allowed URL schemes; add file to allow local images."""
     allow_networks: list[str] = Field(default_factory=list)
+    """Private/loopback networks allowed anyway, e.g. [127.0.0.0/8] for tests."""
 
 
 class FiltersConfig(_Strict):
     caption: CaptionFilterConfig = Field(default_factory=CaptionFilterConfig)
+    """Caption normalisation and the length rule."""
     blacklist: BlacklistConfig = Field(default_factory=BlacklistConfig)
+    """Caption blacklists."""
     urls: UrlFilterConfig = Field(default_factory=UrlFilterConfig)
+    """URL checks (also enforced on every connection by the download stage)."""
 
 
 class MetadataConfig(_Strict):
     """Stage 1 layout knobs."""
 
     rows_per_shard: int = Field(10_000, ge=1)
+    """Rows per URL shard (one img2dataset download shard)."""
     dedup_buckets: int = Field(16, ge=1)
+    """Hash buckets for URL dedup; ~1 per 200k rows at full scale."""
 
 
 class DownloadConfig(_Strict):
     image_size: int = Field(224, ge=8)
+    """Output image side (224; 336 for ViT-L/14@336px)."""
     resize_mode: Literal["no", "keep_ratio", "keep_ratio_largest", "center_crop", "border"] = (
         "center_crop"
     )
+    """img2dataset resize mode."""
     encode_format: Literal["jpg", "png", "webp"] = "jpg"
+    """Stored image format."""
     encode_quality: int = Field(95, ge=1, le=100)
+    """Encoder quality."""
     min_image_size: int = 0
-    max_image_area: float = 178_956_970.0  # PIL's default decompression-bomb limit
+    """Smallest accepted original side in pixels."""
+    max_image_area: float = 178_956_970.0
+    """Largest accepted original area (PIL's decompression-bomb limit by default)."""
     max_aspect_ratio: float = 10.0
+    """Largest accepted original aspect ratio."""
     timeout: float = Field(10, gt=0)
+    """Seconds per request."""
     retries: int = Field(1, ge=0)
+    """Retries per URL."""
     thread_count: int = Field(32, ge=1)
+    """Download threads per shard."""
     user_agent_token: str | None = "zhclip"
+    """Token added to the User-Agent so site owners can identify the crawler."""
     disallowed_header_directives: list[str] = Field(
         default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"]
     )
+    """X-Robots-Tag directives that opt an image out."""
     compute_hash: Literal["sha256", "md5", "sha512"] | None = "sha256"
+    """Hash stored per image."""
 
 
 class ScoreConfig(_Strict):
     backend: Literal["mclip", "precomputed", "zhclip"] = "mclip"
+    """mclip: M-CLIP text + CLIP image tower; precomputed: the source's similarity column; zhclip: your trained export."""
     model: str = "M-CLIP/XLM-Roberta-Large-Vit-B-32"
+    """M-CLIP checkpoint (hub name or folder), or a zhclip export for backend zhclip."""
     image_model: str = "ViT-B-32"
+    """open_clip image tower for mclip."""
     image_pretrained: str = "openai"
+    """open_clip pretrained tag or a local checkpoint file."""
     batch_size: int = Field(64, ge=1)
+    """Pairs per model call."""
     device: str = "auto"
+    """auto (CUDA with bf16 when present), cpu, cuda."""
     thresholds: dict[str, float] = Field(default_factory=lambda: {"laion_zh": 0.26})
+    """Minimum score per source; sources not listed keep every pair (paper: laion_zh 0.26)."""
     dedup_images: bool = True
-    decontaminate: str | None = None  # folder of evaluation images
+    """Drop exact duplicate images by sha256 (smallest key wins)."""
+    decontaminate: str | None = None
+    """Folder of evaluation images; near-duplicates by perceptual hash are removed (test_overlap)."""
     phash_distance: int = Field(4, ge=0)
+    """Largest Hamming distance counted as a near-duplicate."""
 
 
 class ShardsConfig(_Strict):
     samples_per_shard: int = Field(10_000, ge=1)
+    """Samples per final webdataset tar."""
     val_fraction: float = Field(0.001, ge=0.0, le=1.0)
-
-
-class TrainConfig(_Strict):
-    """Training settings are owned by training/; kept as a free mapping here."""
-
-    model_config = ConfigDict(extra="allow")
+    """Share of samples in the val split, chosen by key hash."""
 
 
 class Config(_Strict):
     output: str = "runs/zhclip"
+    """Output root OUT (local or gs://); every stage writes under it."""
     sources: list[SourceConfig] = Field(default_factory=list)
+    """Input sources."""
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    """Stage 1 text and URL rules."""
     metadata: MetadataConfig = Field(default_factory=MetadataConfig)
+    """Stage 1 output layout."""
     download: DownloadConfig = Field(default_factory=DownloadConfig)
+    """Stage 2 (img2dataset) settings."""
     score: ScoreConfig = Field(default_factory=ScoreConfig)
+    """Stage 3 scoring and filtering."""
     shards: ShardsConfig = Field(default_factory=ShardsConfig)
+    """Final shard layout."""
     train: dict[str, Any] = Field(default_factory=dict)
+    """Training settings, validated by training/ (see `zhclip train --help`)."""
 
     @field_validator("sources")
     @classmethod
