@@ -51,6 +51,11 @@ def _join(root: str, name: str) -> str:
     return f"{root.rstrip('/')}/{name}" if "://" in root else str(Path(root) / name)
 
 
+def _tar_name(name: str) -> str:
+    # pipeline.shards records the stem ("train-000000"); accept a file name too
+    return name if name.endswith(".tar") else f"{name}.tar"
+
+
 def list_shards(dataset: str | None, split: str, pattern: str | None = None) -> list[Shard]:
     """The shards of ``split``: from a brace pattern, else manifest.json, else a glob.
 
@@ -72,7 +77,7 @@ def list_shards(dataset: str | None, split: str, pattern: str | None = None) -> 
     except FileNotFoundError:
         data = None
     if data is not None:
-        shards = [Shard(_join(dataset, s["name"]), s.get("samples"))
+        shards = [Shard(_join(dataset, _tar_name(s["name"])), s.get("samples"))
                   for s in data.get("shards", []) if s.get("split") == split]
     elif "://" not in dataset and Path(dataset).is_dir():
         shards = [Shard(str(p)) for p in sorted(Path(dataset).glob(f"{split}-*.tar"))]
@@ -176,7 +181,7 @@ class StreamSpec:
 
 
 class TrainStream(IterableDataset):
-    """Infinite batches ``{images, input_ids, attention_mask, position}``."""
+    """Infinite batches ``{images, input_ids, attention_mask, keys, position}``."""
 
     def __init__(self, spec: StreamSpec, transform: Callable, tokenizer: CaptionTokenizer):
         super().__init__()
@@ -195,7 +200,8 @@ class TrainStream(IterableDataset):
         slot = s.rank * readers + logical
         return order[slot::readers * s.world_size]
 
-    def _samples(self, logical: int, readers: int) -> Iterator[tuple[Any, str, tuple[int, int, int]]]:
+    def _samples(self, logical: int, readers: int
+                 ) -> Iterator[tuple[torch.Tensor, str, str, tuple[int, int, int]]]:
         s = self.spec
         epoch, skip = self.spec.start.get(logical, [0, 0])
         while True:
@@ -219,7 +225,7 @@ class TrainStream(IterableDataset):
                                   stacklevel=1)
                     continue
                 produced += 1
-                yield pixels, caption, position
+                yield pixels, caption, sample["__key__"], position
             if produced == 0 and skip == 0:
                 raise RuntimeError(f"worker {logical} read no usable sample from {urls}")
             epoch, skip = epoch + 1, 0
@@ -229,15 +235,16 @@ class TrainStream(IterableDataset):
         readers = info.num_workers if info else 1
         physical = info.id if info else 0
         logical = (physical + self.spec.rotation) % readers
-        images, captions = [], []
-        for pixels, caption, position in self._samples(logical, readers):
+        images, captions, keys = [], [], []
+        for pixels, caption, key, position in self._samples(logical, readers):
             images.append(pixels)
             captions.append(caption)
+            keys.append(key)
             if len(images) == self.spec.batch_size:
                 ids, mask = self.tokenizer(captions)
                 yield {"images": torch.stack(images), "input_ids": ids, "attention_mask": mask,
-                       "position": position}
-                images, captions = [], []
+                       "keys": keys, "position": position}
+                images, captions, keys = [], [], []
 
 
 class DataPosition:

@@ -213,9 +213,10 @@ def load_bert(text: TextTowerConfig) -> BertModel:
         if text.random_init:
             return BertModel(BertConfig.from_pretrained(text.model), add_pooling_layer=False)
         return BertModel.from_pretrained(text.model, add_pooling_layer=False)
-    except OSError as err:
+    except (OSError, ValueError) as err:  # HFValidationError is a ValueError
         raise ConfigError(
-            f"train.text.model {text.model!r}: not a local folder or reachable hub name ({err})"
+            f"train.text.model {text.model!r}: not a local folder or reachable hub name "
+            f"({str(err).splitlines()[0]})"
         ) from None
     finally:
         hf_logging.set_verbosity(verbosity)
@@ -261,7 +262,8 @@ class ChineseCLIP(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.image.set_grad_checkpointing(enable)
         if enable:
-            self.text.bert.gradient_checkpointing_enable()
+            # non-reentrant: works when a block's inputs need no grad and keeps dropout RNG
+            self.text.bert.gradient_checkpointing_enable({"use_reentrant": False})
         else:
             self.text.bert.gradient_checkpointing_disable()
 

@@ -25,7 +25,7 @@ def decays(name: str, param: torch.Tensor) -> bool:
     """Whether ``param`` (called ``name`` in the model) gets weight decay."""
     if param.ndim < 2 or "logit_scale" in name:
         return False
-    return not name.split(".")[-1] in NO_DECAY_NAMES
+    return name.split(".")[-1] not in NO_DECAY_NAMES
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

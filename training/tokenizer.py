@@ -54,10 +54,10 @@ def load_tokenizer(source: str, context_length: int = 50) -> CaptionTokenizer:
     else:
         try:
             tok = BertTokenizerFast.from_pretrained(source)
-        except OSError as err:
+        except (OSError, ValueError) as err:  # HFValidationError is a ValueError
             raise FileNotFoundError(
                 f"tokenizer {source!r} is neither a vocab file, a folder, nor a reachable "
-                f"hub name ({err}); set train.tokenizer to a local vocab.txt"
+                f"hub name ({str(err).splitlines()[0]}); set train.tokenizer to a local vocab.txt"
             ) from None
     return CaptionTokenizer(tok, context_length)
 

@@ -1,0 +1,430 @@
+"""The two-stage trainer: stage 1 locks the image tower (LiT), stage 2 trains all.
+
+Reading order: :class:`Trainer.run` walks the stages; :meth:`_enter_stage`
+sets one up (lock or unlock, DDP wrap, fresh optimizer and schedule, data
+stream at the stage's batch size); :meth:`_step` is one optimizer step;
+:meth:`_after_step` logs, evaluates (and decides a plateau switch) and saves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import resource
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from training import checkpoint as ckpt
+from training.config import StageConfig, TrainConfig, fill_stage_defaults
+from training.data import (
+    DataPosition,
+    StreamSpec,
+    eval_loader,
+    eval_transform,
+    list_shards,
+    train_loader,
+    train_transform,
+)
+from training.evaluate import evaluate
+from training.export import export_model, read_weights_file
+from training.loss import ContrastiveLoss
+from training.metrics_log import MetricsLog
+from training.model import ChineseCLIP, build_model, load_weights, resolve_towers
+from training.optim import make_optimizer, make_scheduler
+from training.runtime import Runtime
+from training.tokenizer import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, bad batch split); the message says why."""
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done, both stages
+    stage: int = 1
+    stage_step: int = 0
+    stage_started: bool = False  # whether the checkpoint was taken inside the stage
+    best_recall: float = -1.0
+    evals_without_gain: int = 0
+    skipped_steps: int = 0
+    switched_at: int | None = None  # global step at which stage 2 began
+
+
+def _per_rank_batch(stage: StageConfig, world: int, accum: int, index: int) -> int:
+    batch = int(stage.batch_size or 0)
+    if batch % (world * accum):
+        raise TrainingError(
+            f"train.stage{index}.batch_size {batch} must be divisible by ranks x accum_steps "
+            f"= {world} x {accum}"
+        )
+    return batch // world
+
+
+def _memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+class Trainer:
+    """Builds everything from a TrainConfig and runs (or resumes) both stages."""
+
+    def __init__(self, cfg: TrainConfig, runtime: Runtime, resume: Path | None = None):
+        self.cfg = cfg
+        self.rt = runtime
+        self.out = Path(cfg.output or "train")
+        self.ckpt_dir = self.out / "checkpoints"
+        torch.manual_seed(cfg.seed + runtime.rank)
+        image_cfg, _ = resolve_towers(cfg)
+        self.stages = {1: fill_stage_defaults(cfg.stage1, 1, image_cfg.model),
+                       2: fill_stage_defaults(cfg.stage2, 2, image_cfg.model)}
+        for i, st in self.stages.items():
+            if st.steps:
+                _per_rank_batch(st, runtime.world_size, cfg.accum_steps, i)
+
+        self.model: ChineseCLIP = build_model(cfg)
+        self.tokenizer = load_tokenizer(cfg.tokenizer or resolve_towers(cfg)[1].model,
+                                        cfg.context_length)
+        if self.tokenizer.vocab_size > self.model.text.bert.config.vocab_size:
+            raise TrainingError(
+                f"tokenizer has {self.tokenizer.vocab_size} tokens but the text tower only "
+                f"{self.model.text.bert.config.vocab_size}; train.tokenizer and train.text disagree"
+            )
+        self.state = TrainState()
+        self.resume_state: dict[str, Any] | None = None
+        if resume is not None:
+            self.resume_state = ckpt.load_checkpoint(resume)
+            load_weights(self.model, self.resume_state["model"])
+            self.state = TrainState(**self.resume_state["train_state"])
+            log.info("resuming from %s (step %d, stage %d)", resume, self.state.step, self.state.stage)
+        elif cfg.init_from:
+            load_weights(self.model, read_weights_file(cfg.init_from)["state_dict"])
+        self.model.to(runtime.device)
+        if cfg.grad_checkpointing:
+            self.model.set_grad_checkpointing(True)
+
+        spec = self.model.spec
+        size = cfg.data.image_size or spec["image_size"]
+        self.train_tf = train_transform(size, spec["mean"], spec["std"], cfg.data.crop_scale,
+                                        cfg.data.auto_augment)
+        self.eval_tf = eval_transform(size, spec["mean"], spec["std"])
+        self.train_shards = list_shards(cfg.data.path, "train", cfg.data.train)
+        try:
+            self.val_shards = list_shards(cfg.data.path, "val", cfg.data.val)
+        except FileNotFoundError as err:
+            log.warning("no validation split (%s): evaluation and plateau switching are off", err)
+            self.val_shards = []
+        saved_pos = None
+        if self.resume_state is not None:
+            ranks = self.resume_state.get("data_position", [])
+            if len(ranks) == runtime.world_size:
+                saved_pos = ranks[runtime.rank]
+            else:
+                log.warning("checkpoint has %d ranks' data positions, run has %d: the data "
+                            "stream restarts", len(ranks), runtime.world_size)
+        self.position = DataPosition(cfg.data.workers, saved_pos)
+        self.loss_fn = ContrastiveLoss(local_loss=cfg.local_loss)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=runtime.precision == "fp16")
+        self.metrics = MetricsLog(self.out, runtime.is_main,
+                                  self.state.step if resume is not None else None,
+                                  cfg.tensorboard)
+        self.last_eval: dict[str, float] | None = None
+        if runtime.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "train_config.json").write_text(
+                json.dumps(cfg.model_dump(mode="json"), indent=2, ensure_ascii=False), encoding="utf-8")
+
+    # ---- stages -----------------------------------------------------------------
+
+    def _enter_stage(self, index: int) -> None:
+        stage = self.stages[index]
+        if index == 1:
+            self.model.lock_image_tower()
+        else:
+            self.model.unlock_image_tower()
+        self.model.train()
+        if self.rt.distributed:
+            ids = [self.rt.device.index] if self.rt.device.type == "cuda" else None
+            self.ddp: torch.nn.Module = DistributedDataParallel(self.model, device_ids=ids)
+        else:
+            self.ddp = self.model
+        self.optimizer = make_optimizer(self.model, stage)
+        self.scheduler = make_scheduler(self.optimizer, stage)
+        self.batch_size = _per_rank_batch(stage, self.rt.world_size, self.cfg.accum_steps, index)
+        spec = StreamSpec(
+            shards=self.train_shards, batch_size=self.batch_size, seed=self.cfg.seed,
+            rank=self.rt.rank, world_size=self.rt.world_size, workers=self.cfg.data.workers,
+            resampled=self.cfg.data.resampled, shuffle_buffer=self.cfg.data.shuffle_buffer,
+        )
+        loader = train_loader(spec, self.train_tf, self.tokenizer, self.position,
+                              pin_memory=self.rt.device.type == "cuda")
+        self.batches = iter(loader)
+        self.state.stage = index
+        self.state.stage_started = True
+
+    def run(self) -> dict[str, Any]:
+        """Train both stages (or what is left of them) and write the export."""
+        total = sum(st.steps for st in self.stages.values())
+        bar = tqdm(total=total, initial=min(self.state.step, total), disable=not self.rt.is_main,
+                   desc="train", dynamic_ncols=True)
+        resume = self.resume_state
+        try:
+            for index in (1, 2):
+                if index < self.state.stage or not self.stages[index].steps:
+                    continue
+                if resume is not None and resume["train_state"]["stage_started"]:
+                    self._enter_stage(index)
+                    self._load_stage_state(resume)
+                else:
+                    if resume is not None:
+                        ckpt.set_rng_state(resume["rng"][self.rt.rank])
+                    self._enter_stage(index)
+                resume = None
+                self._run_stage(index, bar)
+        finally:
+            bar.close()
+            self.metrics.close()
+        if self.rt.is_main:
+            export_model(self.model, self.tokenizer, self.out / "export.pt")
+        return {"step": self.state.step, "switched_at": self.state.switched_at,
+                "eval": self.last_eval}
+
+    def _load_stage_state(self, resume: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(resume["optimizer"])
+        self.scheduler.load_state_dict(resume["scheduler"])
+        if resume.get("scaler"):
+            self.scaler.load_state_dict(resume["scaler"])
+        # after the loader was built: building it draws from the RNG, as it did
+        # when the uninterrupted run entered this stage
+        ckpt.set_rng_state(resume["rng"][self.rt.rank])
+
+    def _run_stage(self, index: int, bar: tqdm) -> None:
+        stage = self.stages[index]
+        while self.state.stage_step < stage.steps:
+            t0 = time.perf_counter()
+            batch = next(self.batches)
+            self.position.update(batch["position"])
+            loss = self._step(batch)
+            if loss is None:
+                continue
+            self.state.step += 1
+            self.state.stage_step += 1
+            bar.update(1)
+            elapsed = time.perf_counter() - t0
+            switch = self._after_step(index, loss, elapsed, bar)
+            if switch:
+                break
+        self._finish_stage(index)
+
+    def _finish_stage(self, index: int) -> None:
+        if index == 1:
+            self.state.switched_at = self.state.step
+            log.info("stage 1 done at step %d; stage 2 trains every weight", self.state.step)
+        self.state.stage = index + 1
+        self.state.stage_step = 0
+        self.state.stage_started = False
+        if self.last_eval is None or self.last_eval.get("step") != self.state.step:
+            self._evaluate(index)
+        self._save()
+
+    # ---- one step ---------------------------------------------------------------
+
+    def _step(self, batch: dict[str, Any]) -> float | None:
+        """One optimizer step; returns the loss, or None when a non-finite loss was skipped."""
+        dev = self.rt.device
+        images = batch["images"].to(dev, non_blocking=True)
+        ids = batch["input_ids"].to(dev, non_blocking=True)
+        mask = batch["attention_mask"].to(dev, non_blocking=True)
+        accum = self.cfg.accum_steps
+        self.optimizer.zero_grad(set_to_none=True)
+        if accum == 1:
+            with self.rt.autocast():
+                img, txt, scale = self.ddp(images, ids, mask)
+                loss = self.loss_fn(img, txt, scale)
+            if not self._finite(loss):
+                return self._skip(loss)
+            self.scaler.scale(loss).backward()
+        else:
+            loss = self._accumulated_backward(images, ids, mask, accum)
+            if loss is None:
+                return self._skip(torch.tensor(float("nan")))
+        self.lr_used = self.optimizer.param_groups[0]["lr"]
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        if self.cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(trainable, self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.model.clamp_logit_scale()
+        return float(loss.detach())
+
+    def _accumulated_backward(self, images, ids, mask, accum: int) -> torch.Tensor | None:
+        """Gradient accumulation that keeps the whole batch as negatives.
+
+        A no-grad pass embeds every micro-batch; then each micro-batch is
+        re-embedded with grad and contrasted against the cached rest, so the
+        summed gradients equal those of one pass over the full batch (up to
+        dropout noise). The temperature gets its gradient once, on the last pass.
+        """
+        chunks = list(zip(images.chunk(accum), ids.chunk(accum), mask.chunk(accum), strict=True))
+        with torch.no_grad(), self.rt.autocast():
+            cached = [self.model(*c) for c in chunks]
+        cached_img = [c[0] for c in cached]
+        cached_txt = [c[1] for c in cached]
+        first_loss = None
+        for j, chunk in enumerate(chunks):
+            last = j == accum - 1
+            sync = contextlib.nullcontext() if last or not self.rt.distributed else self.ddp.no_sync()
+            with sync:
+                with self.rt.autocast():
+                    img, txt, scale = self.ddp(*chunk)
+                    if not last:
+                        scale = scale.detach()
+                    all_img = torch.cat(cached_img[:j] + [img] + cached_img[j + 1:])
+                    all_txt = torch.cat(cached_txt[:j] + [txt] + cached_txt[j + 1:])
+                    loss = self.loss_fn(all_img, all_txt, scale)
+                if first_loss is None:
+                    if not self._finite(loss):
+                        return None
+                    first_loss = loss.detach()
+                self.scaler.scale(loss).backward()
+        return first_loss
+
+    def _finite(self, loss: torch.Tensor) -> bool:
+        ok = torch.tensor(1.0 if torch.isfinite(loss).item() else 0.0, device=self.rt.device)
+        if self.rt.distributed:
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)  # every rank takes the same decision
+        return bool(ok.item())
+
+    def _skip(self, loss: torch.Tensor) -> None:
+        where = (f"step {self.state.step + 1} (stage {self.state.stage}, lr "
+                 f"{self.scheduler.get_last_lr()[0]:.3g}, logit scale "
+                 f"{self.model.logit_scale.exp().item():.3g}): loss is {loss.item()}")
+        if self.cfg.nan_policy == "stop":
+            raise TrainingError(
+                f"non-finite loss at {where}. Lower the stage's lr, use precision bf16/fp32 "
+                "instead of fp16, set train.grad_clip, or set train.nan_policy: skip"
+            )
+        self.state.skipped_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        log.warning("skipping %s (%d skipped)", where, self.state.skipped_steps)
+        if self.state.skipped_steps > self.cfg.max_skipped_steps:
+            raise TrainingError(f"more than {self.cfg.max_skipped_steps} non-finite losses; last at {where}")
+        return None
+
+    # ---- bookkeeping --------------------------------------------------------------
+
+    def _after_step(self, index: int, loss: float, elapsed: float, bar: tqdm) -> bool:
+        """Log, evaluate, save. Returns True when stage 1 has plateaued."""
+        st, cfg = self.state, self.cfg
+        if st.step % cfg.log_every == 0 or st.stage_step == self.stages[index].steps:
+            row = {
+                "step": st.step, "stage": index, "loss": round(loss, 6),
+                "lr": self.lr_used,
+                "logit_scale": round(self.model.logit_scale.exp().item(), 4),
+                "samples_per_s": round(self.batch_size * self.rt.world_size / max(elapsed, 1e-9), 2),
+                "memory_mb": round(_memory_mb(self.rt.device), 1),
+                "skipped_steps": st.skipped_steps,
+            }
+            self.metrics.log_train(row)
+            bar.set_postfix(stage=index, loss=f"{loss:.4f}", refresh=False)
+        switch = False
+        if st.step % cfg.eval_every == 0:
+            metrics = self._evaluate(index)
+            switch = index == 1 and metrics is not None and self._plateaued(metrics)
+        if st.step % cfg.save_every == 0 and not switch:
+            self._save()
+        return switch
+
+    def _plateaued(self, metrics: dict[str, float]) -> bool:
+        stage = self.stages[1]
+        if stage.plateau_patience is None:
+            return False
+        st = self.state
+        if metrics["mean_recall"] > st.best_recall + stage.plateau_delta:
+            st.best_recall, st.evals_without_gain = metrics["mean_recall"], 0
+        else:
+            st.evals_without_gain += 1
+        if st.evals_without_gain >= stage.plateau_patience:
+            log.info("stage 1 plateaued at step %d (best mean recall %.2f)", st.step, st.best_recall)
+            return True
+        return False
+
+    def _evaluate(self, index: int) -> dict[str, float] | None:
+        """Rank 0 evaluates on the val split; every rank receives the numbers."""
+        if not self.val_shards:
+            return None
+        result: list[Any] = [None]
+        if self.rt.is_main:
+            loader = eval_loader(self.val_shards, self.eval_tf, self.tokenizer,
+                                 self.cfg.eval_batch_size, self.cfg.data.workers,
+                                 self.cfg.data.val_max_samples)
+            metrics = evaluate(self.model, loader, self.rt.device, self.cfg.eval_chunk,
+                               self.rt.autocast() if self.rt.precision != "fp32" else None)
+            result[0] = metrics
+            self.metrics.log_eval(self.state.step, index, metrics)
+            log.info("step %d stage %d: %s", self.state.step, index,
+                     {k: round(v, 2) for k, v in metrics.items()})
+        if self.rt.distributed:
+            dist.broadcast_object_list(result, src=0)
+        self.last_eval = {**result[0], "step": self.state.step}
+        return result[0]
+
+    def _gather(self, obj: Any) -> list[Any]:
+        if not self.rt.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.rt.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def _save(self) -> None:
+        positions = self._gather(self.position.state())
+        rngs = self._gather(ckpt.rng_state())
+        if self.rt.is_main:
+            ckpt.save_checkpoint(self.ckpt_dir, self.state.step, {
+                "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                "train_state": asdict(self.state),
+                "data_position": positions,
+                "rng": rngs,
+                "spec": self.model.spec,
+                "vocab": self.tokenizer.vocab(),
+                "context_length": self.tokenizer.context_length,
+                "config": self.cfg.model_dump(mode="json"),
+            }, keep=self.cfg.keep_checkpoints)
+        self.rt.barrier()
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Catch settings that would only fail deep inside the loop."""
+    for i, st in ((1, cfg.stage1), (2, cfg.stage2)):
+        if st.lr is not None and not math.isfinite(st.lr):
+            raise TrainingError(f"train.stage{i}.lr must be finite")
+    if not cfg.stage1.steps and not cfg.stage2.steps:
+        raise TrainingError("train.stage1.steps and train.stage2.steps are both 0: nothing to train")
+
+
+def train(cfg: TrainConfig, runtime: Runtime, resume: str | None = None) -> dict[str, Any]:
+    """Run (or resume) two-stage training; returns the final step and evaluation."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    check_config(cfg)
+    resume_path = ckpt.resolve_resume(resume, Path(cfg.output or "train") / "checkpoints")
+    if resume == "latest" and resume_path is None:
+        log.info("--resume latest: no checkpoint yet, starting fresh")
+    return Trainer(cfg, runtime, resume_path).run()
