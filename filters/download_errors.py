@@ -50,9 +50,13 @@ KNOWN_CLASSES = frozenset(
 _PREFIX_RE = re.compile(r"^(?:<urlopen error )?([a-z_0-9]+): ")
 _HTTP_RE = re.compile(r"HTTP Error (\d)\d\d")
 
-# (class, lower-case phrases). Order matters: the first match wins.
-_PHRASES: list[tuple[str, tuple[str, ...]]] = [
+# (class, lower-case phrases). Order matters: the first match wins. These are
+# read before the HTTP status code, which urllib also puts in redirect errors.
+_BEFORE_HTTP: list[tuple[str, tuple[str, ...]]] = [
     (REDIRECT_LOOP, ("infinite loop", "redirect error", "too many redirects")),
+    (SCHEME_NOT_ALLOWED, ("redirection to url",)),
+]
+_PHRASES: list[tuple[str, tuple[str, ...]]] = [
     (DISALLOWED_BY_HEADER, ("x-robots-tag",)),
     (TIMEOUT, ("timed out", "timeout")),
     (DNS, (
@@ -88,13 +92,13 @@ def classify_error(message: str | None) -> str:
     if m and m.group(1) in KNOWN_CLASSES:
         return m.group(1)
     lower = text.lower()
-    for cls, phrases in _PHRASES[:1]:
+    for cls, phrases in _BEFORE_HTTP:
         if any(p in lower for p in phrases):
             return cls
     m = _HTTP_RE.search(text)
     if m:
         return {"3": HTTP_3XX, "4": HTTP_4XX, "5": HTTP_5XX}.get(m.group(1), OTHER)
-    for cls, phrases in _PHRASES[1:]:
+    for cls, phrases in _PHRASES:
         if any(p in lower for p in phrases):
             return cls
     return OTHER

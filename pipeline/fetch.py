@@ -206,6 +206,29 @@ def robots_tag_disallows(headers, token: str | None, directives: set[str] | None
     return False
 
 
+def read_capped(response, cap: int) -> bytes | None:
+    """The whole body, or None once it is known to exceed ``cap`` bytes.
+
+    A declared Content-Length is read in one call; a body of unknown length is
+    read in pieces, so a bogus endless response cannot fill memory and a huge
+    read buffer is never allocated up front.
+    """
+    declared = response.headers.get("Content-Length")
+    if declared is not None and declared.strip().isdigit():
+        if int(declared) > cap:
+            return None
+        return response.read()
+    parts, size = [], 0
+    while True:
+        chunk = response.read(1 << 16)
+        if not chunk:
+            return b"".join(parts)
+        size += len(chunk)
+        if size > cap:
+            return None
+        parts.append(chunk)
+
+
 def make_fetch_function(policy: FetchPolicy) -> FetchFunction:
     """A drop-in for ``img2dataset.downloader.download_image`` that obeys ``policy``."""
     opener = build_opener(policy)
@@ -229,8 +252,8 @@ def make_fetch_function(policy: FetchPolicy) -> FetchFunction:
                     return key, None, tagged(
                         DISALLOWED_BY_HEADER, "X-Robots-Tag opts this image out of use"
                     )
-                data = response.read(policy.max_response_bytes + 1)
-            if len(data) > policy.max_response_bytes:
+                data = read_capped(response, policy.max_response_bytes)
+            if data is None:
                 return key, None, tagged(
                     RESPONSE_TOO_LARGE, f"response is over {policy.max_response_bytes} bytes"
                 )
@@ -260,7 +283,9 @@ def guarded_fetch_installed(policy: FetchPolicy) -> Iterator[None]:
     original function is put back when the last one leaves, so plain
     img2dataset in the same process (the benchmark) is unaffected afterwards.
     """
-    import img2dataset.downloader as i2d_downloader
+    from pipeline.img2dataset_parts import img2dataset_module
+
+    i2d_downloader = img2dataset_module("downloader")
 
     with _install:
         while _installed["count"] and _installed["policy"] != policy:

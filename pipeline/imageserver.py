@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import struct
+import subprocess
+import sys
 import threading
 import zlib
 from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from PIL import Image
 
@@ -159,7 +162,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         width = int(query.get("w", [DEFAULT_SIZE[0]])[0])
         height = int(query.get("h", [DEFAULT_SIZE[1]])[0])
-        body = self.server.owner.image_bytes(name, fmt, width, height)
+        owner = self.server.owner
+        if owner.image_delay:
+            owner._stopping.wait(owner.image_delay)
+        body = owner.image_bytes(name, fmt, width, height)
         self._send(200, body, CONTENT_TYPES[fmt])
 
     def _serve_fault(self, path: str) -> None:
@@ -209,17 +215,50 @@ class _Server(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
-class ImageServer:
+class _ServerUrls:
+    """URL building shared by the in-process server and the one in a child process."""
+
+    base_url: str
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def image_url(self, name: str, fmt: str = "jpg", width: int | None = None,
+                  height: int | None = None, fail: int = 0) -> str:
+        """URL of a generated image; ``fail=N`` makes its first N requests answer 503."""
+        query = []
+        if width:
+            query.append(f"w={width}")
+        if height:
+            query.append(f"h={height}")
+        if fail:
+            query.append(f"fail={fail}")
+        return self.url(f"/img/{name}.{fmt}" + ("?" + "&".join(query) if query else ""))
+
+    def fault_url(self, kind: str) -> str:
+        if kind not in FAULTS:
+            raise KeyError(f"unknown fault {kind!r}; known: {sorted(FAULTS)}")
+        return self.url(FAULTS[kind].path)
+
+    def redirect_url(self, target: str) -> str:
+        """A URL that answers 302 to ``target`` (which is never fetched by the server)."""
+        return self.url("/redirect?to=" + quote(target, safe=""))
+
+
+class ImageServer(_ServerUrls):
     """The loopback image server; a context manager that starts and stops it.
 
     ``slow_seconds`` is how long the ``slow`` fault waits before answering:
-    set the download timeout below it.
+    set the download timeout below it. ``image_delay`` slows every image
+    answer, for jobs that must still be running when a test interrupts them.
     """
 
-    def __init__(self, slow_seconds: float = 3.0, host: str = "127.0.0.1"):
+    def __init__(self, slow_seconds: float = 3.0, host: str = "127.0.0.1",
+                 image_delay: float = 0.0):
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError("ImageServer only listens on loopback")
         self.slow_seconds = slow_seconds
+        self.image_delay = image_delay  # seconds before each /img/ answer (long-running jobs)
         self.host = host
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -257,7 +296,7 @@ class ImageServer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    # --- addresses ---
+    # --- address ---
     @property
     def port(self) -> int:
         if self._httpd is None:
@@ -267,32 +306,6 @@ class ImageServer:
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
-
-    def url(self, path: str) -> str:
-        return self.base_url + path
-
-    def image_url(self, name: str, fmt: str = "jpg", width: int | None = None,
-                  height: int | None = None, fail: int = 0) -> str:
-        """URL of a generated image; ``fail=N`` makes its first N requests answer 503."""
-        query = []
-        if width:
-            query.append(f"w={width}")
-        if height:
-            query.append(f"h={height}")
-        if fail:
-            query.append(f"fail={fail}")
-        return self.url(f"/img/{name}.{fmt}" + ("?" + "&".join(query) if query else ""))
-
-    def fault_url(self, kind: str) -> str:
-        if kind not in FAULTS:
-            raise KeyError(f"unknown fault {kind!r}; known: {sorted(FAULTS)}")
-        return self.url(FAULTS[kind].path)
-
-    def redirect_url(self, target: str) -> str:
-        """A URL that answers 302 to ``target`` (which is never fetched by the server)."""
-        from urllib.parse import quote
-
-        return self.url("/redirect?to=" + quote(target, safe=""))
 
     # --- behaviour switches and counters ---
     def fail_next(self, path: str, times: int) -> None:
@@ -329,3 +342,62 @@ class ImageServer:
                 self._query_failures[raw] += 1
                 return True
         return False
+
+
+class ImageServerProcess(_ServerUrls):
+    """The same server in a child process, so it does not share the client's GIL.
+
+    For benchmarks: a real image host is another machine, and a server thread in
+    the downloading process would slow the download down by competing for the
+    interpreter. Switches and counters live in the child and are not reachable.
+    """
+
+    def __init__(self, slow_seconds: float = 3.0, image_delay: float = 0.0):
+        self.slow_seconds = slow_seconds
+        self.image_delay = image_delay
+        self._proc: subprocess.Popen | None = None
+        self.base_url = ""
+
+    def __enter__(self) -> ImageServerProcess:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.imageserver", "--slow-seconds", str(self.slow_seconds),
+             "--image-delay", str(self.image_delay)],
+            stdout=subprocess.PIPE, text=True, env=env,
+        )
+        line = self._proc.stdout.readline().strip()
+        if not line.startswith("http://127.0.0.1:"):
+            self._proc.kill()
+            raise RuntimeError(f"image server process did not start (said {line!r})")
+        self.base_url = line
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(timeout=10)
+            self._proc = None
+
+
+def _serve_main() -> None:
+    """``python -m pipeline.imageserver``: print the base URL, serve until terminated."""
+    import argparse
+    import signal
+
+    ap = argparse.ArgumentParser(description="loopback image server with faults")
+    ap.add_argument("--slow-seconds", type=float, default=3.0)
+    ap.add_argument("--image-delay", type=float, default=0.0)
+    args = ap.parse_args()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with ImageServer(slow_seconds=args.slow_seconds, image_delay=args.image_delay) as server:
+        print(server.base_url, flush=True)
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    _serve_main()

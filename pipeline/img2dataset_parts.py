@@ -10,6 +10,9 @@ an ``error_class`` column, so downstream stages join on the key they know.
 
 from __future__ import annotations
 
+import importlib
+import os
+
 import pyarrow as pa
 
 from filters.download_errors import classify_error
@@ -25,6 +28,7 @@ from pipeline.download_columns import (
     STATUS_SUCCESS,
     additional_columns,
 )
+from pipeline.shards import member_stem
 
 # img2dataset names a shard's files by its integer id; each zhclip shard runs
 # alone in its own work folder as shard 0, so its files are always these.
@@ -33,16 +37,11 @@ WORK_OOM_SHARD_COUNT = 5
 WORK_NAME = f"{WORK_SHARD_ID:0{WORK_OOM_SHARD_COUNT}d}"
 
 
-def tar_member_key(key: str) -> str:
-    """The webdataset sample key for a stage-1 key.
-
-    webdataset splits a member name at its first '.' and treats '/' as a
-    folder, so those (and '%', the escape) are percent-encoded; any other key
-    is used as is. The true key is always in the sample's json and the parquet.
-    """
-    if not any(c in key for c in "%./"):
-        return key
-    return key.replace("%", "%25").replace(".", "%2E").replace("/", "%2F")
+def img2dataset_module(name: str):
+    """Import ``img2dataset.<name>``; albumentations, which it imports, is kept from
+    checking the network for a newer version of itself."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    return importlib.import_module(f"img2dataset.{name}")
 
 
 class CheckedResizer:
@@ -88,7 +87,7 @@ def zhclip_sample_writer(base):
             meta[ERROR_CLASS] = (
                 None if status == STATUS_SUCCESS else classify_error(meta.get(ERROR_MESSAGE))
             )
-            super().write(img_str, tar_member_key(true_key), caption, meta)
+            super().write(img_str, member_stem(true_key), caption, meta)
 
     ZhclipSampleWriter.__name__ = f"Zhclip{base.__name__}"
     return ZhclipSampleWriter
@@ -101,7 +100,7 @@ def column_list() -> list[str]:
 
 def build_resizer(dcfg):
     """img2dataset Resizer for a :class:`pipeline.config.DownloadConfig`."""
-    from img2dataset.resizer import Resizer
+    Resizer = img2dataset_module("resizer").Resizer  # noqa: N806 - a class
 
     quality = dcfg.encode_quality
     if dcfg.encode_format == "png":
@@ -121,8 +120,8 @@ def build_resizer(dcfg):
 
 def build_downloader(dcfg, output_folder: str, rows: int):
     """img2dataset Downloader writing webdataset files for one shard into ``output_folder``."""
-    from img2dataset.downloader import Downloader
-    from img2dataset.writer import WebDatasetSampleWriter
+    Downloader = img2dataset_module("downloader").Downloader  # noqa: N806 - a class
+    WebDatasetSampleWriter = img2dataset_module("writer").WebDatasetSampleWriter  # noqa: N806
 
     directives = list(dcfg.disallowed_header_directives) or None
     return Downloader(
