@@ -13,7 +13,6 @@ INSTALL_REQUIRES = [
     "pyarrow>=17",
     "pandas>=2,<3",
     "polars>=1.0",
-    "pyahocorasick>=2.1",
     "jieba==0.42.1",
     "opencc-python-reimplemented==0.1.7",
     "webdataset>=0.2.5,<0.3",

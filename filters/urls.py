@@ -17,6 +17,9 @@ from collections.abc import Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from filters.addresses import is_blocked_address
+from filters.addresses import parse_networks as _parse_networks
+
 _URL_RE2 = (
     r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://"
     r"(?P<userinfo>[^/?#@\s]*@)?"
@@ -32,35 +35,9 @@ _LOCALHOST_RE2 = r"^(?:localhost|.*\.localhost)\.?$"
 _DEFAULT_PORTS = {"http": ":80", "https": ":443"}
 
 
-def parse_networks(allow_networks: Sequence[str]) -> list[ipaddress._BaseNetwork]:
-    nets = []
-    for n in allow_networks:
-        try:
-            nets.append(ipaddress.ip_network(n, strict=False))
-        except ValueError as err:
-            raise ValueError(f"filters.urls.allow_networks: {n!r} is not a network ({err})") from None
-    return nets
-
-
-def is_public_address(ip: ipaddress._BaseAddress) -> bool:
-    """True for globally routable unicast addresses only."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return is_public_address(ip.ipv4_mapped)
-    return not (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-        or not ip.is_global
-    )
-
-
-def address_allowed(ip: ipaddress._BaseAddress, allow: Sequence[ipaddress._BaseNetwork]) -> bool:
-    if any(ip.version == n.version and ip in n for n in allow):
-        return True
-    return is_public_address(ip)
+def parse_networks(allow_networks: Sequence[str]) -> tuple:
+    """Parse ``allow_networks``; a bad entry raises a ValueError naming it."""
+    return _parse_networks(tuple(allow_networks))
 
 
 def literal_address(host: str) -> ipaddress._BaseAddress | None:
@@ -131,7 +108,7 @@ def _url_reasons_full(
 ) -> pa.Array:
     from pipeline.schema import REASON_INVALID_URL, REASON_PRIVATE_ADDRESS
 
-    nets = parse_networks(allow_networks)
+    parse_networks(allow_networks)  # a bad entry fails here, naming itself
     allowed_schemes = pa.array([s.lower() for s in schemes], pa.string())
     parts = pc.extract_regex(urls, _URL_RE2)
     matched = pc.is_valid(parts)
@@ -180,7 +157,7 @@ def _url_reasons_full(
                 if h.startswith("[") or re.fullmatch(r"[0-9.]+", h):
                     reasons[i] = REASON_INVALID_URL
                 continue
-            if not address_allowed(ip, nets):
+            if is_blocked_address(str(ip), allow_networks):
                 reasons[i] = REASON_PRIVATE_ADDRESS
     return pa.array(reasons, pa.string())
 

@@ -1,0 +1,678 @@
+"""Find captions that hit a blacklist entry, a whole Arrow column at a time.
+
+Stage 1 screens millions of captions, so nearly all work is vectorised and only
+captions holding a ``word:`` term reach Python:
+
+1. Candidate rows: one RE2 pass (``pyarrow.compute.match_substring_regex``)
+   over an alternation of every literal term and every regex entry; then, on
+   the candidates only, polars' Aho-Corasick ``str.contains_any`` for the
+   literal terms (substring and word entries, ASCII case-insensitive) and RE2
+   for the regex entries.
+2. Which entries hit, on candidate rows only: ``str.find_many`` /
+   ``str.extract_many`` list every literal occurrence with its byte offset;
+   regex entries are narrowed down a tree of smaller RE2 alternations, and a
+   regex hit's offset is extracted only where a row has more than one hit.
+3. A word entry counts only where jieba (HMM off, so the dictionary alone
+   decides) makes the occurrence one whole token. jieba runs only on rows
+   where such an occurrence would beat every other hit of the row.
+
+The reason is ``blacklist:<list>:<term>`` of the hit starting earliest in the
+caption; hits starting at the same offset go to the entry listed first.
+
+RE2 is the only regex engine here (Python's ``re`` only validates patterns at
+load time), so ``match_one`` and ``match_array`` agree by construction:
+``match_one`` is ``match_array`` on a column of one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from blacklist.loader import BlacklistEntry, load_entries
+from pipeline.schema import blacklist_reason
+
+_NO_ENTRY = np.iinfo(np.int64).max
+# Entries per node of the tree that tells which regex entry hit a row; each
+# node is one RE2 pass over the rows its parent passed on.
+_REGEX_FANOUT = 3
+# Most literals folded into the single RE2 candidate pass.
+_RE2_MAX_LITERALS = 1000
+
+
+class BlacklistMatcher:
+    """Blacklist reasons for captions; see the module docstring for how.
+
+    Picklable and cheap to ship (Beam sends it to workers): only the entries
+    travel; jieba is loaded on first need in each process, once per process.
+    """
+
+    def __init__(self, entries: Sequence[BlacklistEntry]) -> None:
+        self._setup(tuple(entries))
+
+    @classmethod
+    def from_lists(
+        cls, lists: Sequence[str] = ("builtin",), extra_files: Sequence[str] = ()
+    ) -> BlacklistMatcher:
+        """Matcher over :func:`blacklist.loader.load_entries` of the same arguments."""
+        return cls(load_entries(lists, extra_files))
+
+    @classmethod
+    def from_config(cls, config: Any) -> BlacklistMatcher:
+        """Matcher for a ``BlacklistConfig`` (``filters.blacklist`` of the run config)."""
+        return cls.from_lists(list(config.lists), list(config.extra_files))
+
+    @property
+    def entries(self) -> tuple[BlacklistEntry, ...]:
+        return self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        names = list(dict.fromkeys(e.list_name for e in self._entries))
+        return f"BlacklistMatcher({len(self._entries)} entries from {names})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"entries": self._entries}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._setup(tuple(state["entries"]))
+
+    def _setup(self, entries: tuple[BlacklistEntry, ...]) -> None:
+        self._entries = entries
+        self._reasons = pa.array(
+            [blacklist_reason(e.list_name, e.term) for e in entries], type=pa.string()
+        )
+        # Literal terms, folded as polars folds them. A term shared by several
+        # entries keeps its first substring entry and, when listed before
+        # that, its first word entry: later ones can never win a tie.
+        first_substring: dict[str, int] = {}
+        first_word: dict[str, int] = {}
+        self._regex_ids = []
+        for entry_id, entry in enumerate(entries):
+            if entry.kind == "substring":
+                first_substring.setdefault(ascii_lower(entry.term), entry_id)
+            elif entry.kind == "word":
+                first_word.setdefault(ascii_lower(entry.term), entry_id)
+            elif (alternatives := literal_alternatives(entry.term)) is not None:
+                # A regex that is only a set of literals ("(?:联系|咨询)电话")
+                # is found by the Aho-Corasick pass, which is cheaper than RE2.
+                for literal in alternatives:
+                    first_substring.setdefault(ascii_lower(literal), entry_id)
+            else:
+                self._regex_ids.append(entry_id)
+        self._literals = sorted(first_substring.keys() | first_word.keys())
+        self._literal_substring_id = np.array(
+            [first_substring.get(t, _NO_ENTRY) for t in self._literals], dtype=np.int64
+        )
+        self._literal_word_id = np.array(
+            [
+                w if (w := first_word.get(t, _NO_ENTRY)) < first_substring.get(t, _NO_ENTRY) else _NO_ENTRY
+                for t in self._literals
+            ],
+            dtype=np.int64,
+        )
+        self._literal_array = pa.array(self._literals, type=pa.string())
+        self._regex_bodies = {i: without_captures(entries[i].term) for i in self._regex_ids}
+        parts = [_re2_literal(t) for t in self._literals] + [
+            f"(?:{self._regex_bodies[i]})" for i in self._regex_ids
+        ]
+        # RE2's DFA runs out of memory on alternations of many thousand
+        # literals and crawls; Aho-Corasick does not mind.
+        small = len(self._literals) <= _RE2_MAX_LITERALS
+        self._any_pattern: str | None = "|".join(parts) if parts and small else None
+
+    # ---------------------------------------------------------------- public
+
+    def match_one(self, caption: str | None) -> str | None:
+        """Reason for one caption, or None when it is clean (or None itself).
+
+        The column code on a column of one (about 2 ms), so the answer is the
+        one ``match_array`` gives; use ``match_array`` for many captions.
+        """
+        if caption is None:
+            return None
+        return self.match_array(pa.array([caption], type=pa.large_string()))[0].as_py()
+
+    def match_array(self, captions: pa.Array | pa.ChunkedArray) -> pa.Array:
+        """Reasons for a column of captions: a string array of the same length,
+        null where the caption is clean or null."""
+        array = _as_string_array(captions)
+        n = len(array)
+        if n == 0 or not self._entries or array.null_count == n:
+            return pa.nulls(n, type=pa.string())
+        candidates = np.flatnonzero(self._any_hit(array))
+        if len(candidates) == 0:
+            return pa.nulls(n, type=pa.string())
+        texts = array.take(pa.array(candidates))
+        hits = _Hits.concat(
+            self._literal_hits(texts, np.flatnonzero(self._literal_candidates(texts))),
+            self._regex_hits(texts, np.flatnonzero(self._regex_candidates(texts))),
+        )
+        best = self._best_per_row(texts, hits, len(candidates))
+        found = best != _NO_ENTRY
+        return _scatter(self._reasons.take(pa.array(best[found])), candidates[found], n)
+
+    # ------------------------------------------------------ candidate rows
+
+    def _any_hit(self, array: pa.Array) -> np.ndarray:
+        """Rows that may hit anything: one RE2 pass over literals and regexes.
+
+        RE2 folds case beyond ASCII, so this is a superset of the rows the
+        per-kind passes below confirm; it is used because one RE2 DFA pass
+        over the whole column costs about what either kind alone costs.
+        """
+        if self._any_pattern is not None:
+            try:
+                return _regex_mask(array, self._any_pattern)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                # Too large for RE2 (user lists of many thousand terms).
+                self._any_pattern = None
+        return self._literal_candidates(array) | self._regex_candidates(array)
+
+    def _literal_candidates(self, array: pa.Array) -> np.ndarray:
+        if not self._literals:
+            return np.zeros(len(array), dtype=bool)
+        hits = _polars(array).str.contains_any(self._literals, ascii_case_insensitive=True)
+        return hits.fill_null(False).to_numpy()
+
+    def _regex_candidates(self, array: pa.Array) -> np.ndarray:
+        if not self._regex_ids:
+            return np.zeros(len(array), dtype=bool)
+        return _regex_mask(array, self._alternation(self._regex_ids))
+
+    # ------------------------------------------------------------ hit tables
+
+    def _literal_hits(self, texts: pa.Array, rows: np.ndarray) -> _Hits:
+        """Every literal occurrence in ``texts[rows]``: row, byte offset, entry."""
+        if len(rows) == 0:
+            return _Hits.empty()
+        series = _polars(texts.take(pa.array(rows)))
+        starts = series.str.find_many(self._literals, ascii_case_insensitive=True, overlapping=True)
+        matched = series.str.extract_many(self._literals, ascii_case_insensitive=True, overlapping=True)
+        per_row = starts.list.len().fill_null(0).to_numpy()
+        offsets = starts.explode().drop_nulls().to_numpy().astype(np.int64)
+        # extract_many returns the caption's own text, so fold it like the terms.
+        terms = pc.ascii_lower(matched.explode().drop_nulls().to_arrow())
+        term_index = pc.index_in(terms, value_set=self._literal_array)
+        if term_index.null_count or len(term_index) != len(offsets):
+            raise RuntimeError("polars find_many and extract_many disagree on the literal hits")
+        term_index = term_index.to_numpy(zero_copy_only=False)
+        row_of = np.repeat(rows, per_row)
+        return _Hits(
+            rows=np.concatenate([row_of, row_of]),
+            starts=np.concatenate([offsets, offsets]),
+            entries=np.concatenate(
+                [self._literal_substring_id[term_index], self._literal_word_id[term_index]]
+            ),
+            words=np.concatenate([np.zeros(len(row_of), bool), np.ones(len(row_of), bool)]),
+        ).without_missing_entries()
+
+    def _regex_hits(self, texts: pa.Array, rows: np.ndarray) -> _Hits:
+        """Which regex entries hit ``texts[rows]``; offsets come later, where needed."""
+        if len(rows) == 0:
+            return _Hits.empty()
+        found_rows, found_ids = [], []
+        pending = [(rows, self._regex_ids)]
+        while pending:
+            node_rows, ids = pending.pop()
+            if len(ids) == 1:
+                found_rows.append(node_rows)
+                found_ids.append(np.full(len(node_rows), ids[0], dtype=np.int64))
+                continue
+            subset = texts.take(pa.array(node_rows))
+            step = max(1, -(-len(ids) // _REGEX_FANOUT))
+            for first in range(0, len(ids), step):
+                group = ids[first:first + step]
+                inside = node_rows[_regex_mask(subset, self._alternation(group))]
+                if len(inside):
+                    pending.append((inside, group))
+        found = np.concatenate(found_rows)
+        return _Hits(
+            rows=found,
+            starts=np.full(len(found), -1, dtype=np.int64),
+            entries=np.concatenate(found_ids),
+            words=np.zeros(len(found), dtype=bool),
+        )
+
+    def _place_regex_hits(self, texts: pa.Array, hits: _Hits) -> None:
+        """Fill in byte offsets of regex hits in rows that have other hits too."""
+        unplaced = hits.starts < 0
+        if not unplaced.any():
+            return
+        per_row = np.bincount(hits.rows, minlength=len(texts))
+        needed = unplaced & (per_row[hits.rows] > 1)
+        for entry_id in np.unique(hits.entries[needed]):
+            where = np.flatnonzero(needed & (hits.entries == entry_id))
+            pattern = f"(?i)^(?P<pre>(?s:.)*?)(?:{self._regex_bodies[int(entry_id)]})"
+            prefixes = pc.extract_regex(texts.take(pa.array(hits.rows[where])), pattern=pattern)
+            hits.starts[where] = pc.binary_length(prefixes.field("pre")).to_numpy(zero_copy_only=False)
+
+    def _best_per_row(self, texts: pa.Array, hits: _Hits, n_rows: int) -> np.ndarray:
+        """Entry id of each row's winning hit, or _NO_ENTRY."""
+        best = np.full(n_rows, _NO_ENTRY, dtype=np.int64)
+        if len(hits.rows) == 0:
+            return best
+        self._place_regex_hits(texts, hits)
+        order = np.lexsort((hits.entries, hits.starts, hits.rows))
+        rows, starts = hits.rows[order], hits.starts[order]
+        entries, words = hits.entries[order], hits.words[order]
+        # Winner among the certain hits (everything but word entries).
+        certain = ~words
+        first = _first_per_row(rows[certain])
+        best[rows[certain][first]] = entries[certain][first]
+        best_start = np.full(n_rows, np.iinfo(np.int64).max, dtype=np.int64)
+        best_start[rows[certain][first]] = starts[certain][first]
+        # Word occurrences that would win if they are whole tokens, in order.
+        contenders = words & (
+            (starts < best_start[rows])
+            | ((starts == best_start[rows]) & (entries < best[rows]))
+        )
+        if contenders.any():
+            self._settle_words(texts, rows[contenders], starts[contenders], entries[contenders], best)
+        return best
+
+    def _settle_words(
+        self,
+        texts: pa.Array,
+        rows: np.ndarray,
+        starts: np.ndarray,
+        entries: np.ndarray,
+        best: np.ndarray,
+    ) -> None:
+        """Let the first word occurrence per row that is a whole jieba token win."""
+        unique_rows, first = np.unique(rows, return_index=True)
+        captions = texts.take(pa.array(unique_rows)).to_pylist()
+        bounds = [*first.tolist(), len(rows)]
+        lengths = [len(self._entries[e].term) for e in entries.tolist()]
+        words = jieba_words()
+        for k, caption in enumerate(captions):
+            encoded = caption.encode("utf-8")
+            for j in range(bounds[k], bounds[k + 1]):
+                start = len(encoded[: starts[j]].decode("utf-8"))
+                if words.is_token(caption, start, start + lengths[j]):
+                    best[unique_rows[k]] = entries[j]
+                    break
+
+    def _alternation(self, ids: Sequence[int]) -> str:
+        return "|".join(f"(?:{self._regex_bodies[i]})" for i in ids)
+
+
+class _Hits:
+    """Parallel arrays: one element per (row, entry) hit."""
+
+    def __init__(self, rows: np.ndarray, starts: np.ndarray, entries: np.ndarray, words: np.ndarray):
+        self.rows, self.starts, self.entries, self.words = rows, starts, entries, words
+
+    @classmethod
+    def empty(cls) -> _Hits:
+        return cls(*(np.zeros(0, dtype=np.int64) for _ in range(3)), np.zeros(0, dtype=bool))
+
+    @classmethod
+    def concat(cls, *parts: _Hits) -> _Hits:
+        return cls(
+            np.concatenate([p.rows for p in parts]),
+            np.concatenate([p.starts for p in parts]),
+            np.concatenate([p.entries for p in parts]),
+            np.concatenate([p.words for p in parts]),
+        )
+
+    def without_missing_entries(self) -> _Hits:
+        keep = self.entries != _NO_ENTRY
+        return _Hits(self.rows[keep], self.starts[keep], self.entries[keep], self.words[keep])
+
+
+def _first_per_row(sorted_rows: np.ndarray) -> np.ndarray:
+    """Index of the first element of each run of equal values."""
+    if len(sorted_rows) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(np.concatenate([[True], sorted_rows[1:] != sorted_rows[:-1]]))
+
+
+def ascii_lower(text: str) -> str:
+    """``text`` with only A-Z lowered, the fold polars' ascii_case_insensitive uses."""
+    return text.translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+_REGEX_SYNTAX = frozenset("\\.^$*+?{}[]()|")
+_MAX_ALTERNATIVES = 256
+
+
+def literal_alternatives(pattern: str) -> list[str] | None:
+    """All strings ``pattern`` matches when it is built only from literal
+    characters, escaped punctuation, groups of alternatives and classes of
+    single characters; None for anything else (repeats, anchors, \\d ...),
+    or for more than 256 strings.
+
+    Matched as literals, such a pattern folds ASCII case only, where RE2 would
+    also fold the Kelvin sign and long s into k and s.
+    """
+    parser = _LiteralParser(pattern)
+    try:
+        strings = parser.alternation()
+    except _NotLiteral:
+        return None
+    if parser.pos != len(pattern) or not strings or "" in strings:
+        return None
+    return list(dict.fromkeys(strings))
+
+
+class _NotLiteral(Exception):
+    pass
+
+
+class _LiteralParser:
+    def __init__(self, pattern: str) -> None:
+        self.pattern, self.pos = pattern, 0
+
+    def alternation(self) -> list[str]:
+        strings = self.sequence()
+        while self._peek() == "|":
+            self.pos += 1
+            strings = strings + self.sequence()
+            self._check_size(strings)
+        return strings
+
+    def sequence(self) -> list[str]:
+        strings = [""]
+        while (ch := self._peek()) not in ("", "|", ")"):
+            if ch == "(":
+                for opening in ("(?:", "("):
+                    if self.pattern.startswith(opening, self.pos):
+                        break
+                if opening == "(" and self.pattern.startswith("(?", self.pos):
+                    raise _NotLiteral
+                self.pos += len(opening)
+                parts = self.alternation()
+                if self._peek() != ")":
+                    raise _NotLiteral
+                self.pos += 1
+            elif ch == "[":
+                parts = self._char_class()
+            elif ch == "\\":
+                parts = [self._escaped()]
+            elif ch in _REGEX_SYNTAX:
+                raise _NotLiteral
+            else:
+                parts = [ch]
+                self.pos += 1
+            if self._peek() in ("*", "+", "?", "{"):
+                raise _NotLiteral
+            strings = [a + b for a in strings for b in parts]
+            self._check_size(strings)
+        return strings
+
+    def _char_class(self) -> list[str]:
+        self.pos += 1
+        members: list[str] = []
+        while (ch := self._peek()) != "]":
+            if ch in ("", "^", "-", "[") :
+                raise _NotLiteral
+            if ch == "\\":
+                members.append(self._escaped())
+            else:
+                members.append(ch)
+                self.pos += 1
+        self.pos += 1
+        if not members:
+            raise _NotLiteral
+        return members
+
+    def _escaped(self) -> str:
+        escaped = self.pattern[self.pos + 1:self.pos + 2]
+        if not escaped or escaped.isalnum() or escaped.isspace() or not escaped.isascii():
+            raise _NotLiteral  # \\d, \\b, \\x41 ... are not plain characters
+        self.pos += 2
+        return escaped
+
+    def _peek(self) -> str:
+        return self.pattern[self.pos:self.pos + 1]
+
+    @staticmethod
+    def _check_size(strings: list[str]) -> None:
+        if len(strings) > _MAX_ALTERNATIVES:
+            raise _NotLiteral
+
+
+def _re2_literal(text: str) -> str:
+    """``text`` as an RE2 pattern that matches it literally."""
+    return "".join("\\" + ch if ch in _RE2_SPECIAL else ch for ch in text)
+
+
+_RE2_SPECIAL = frozenset("\\.+*?()|[]{}^$")
+
+
+def without_captures(pattern: str) -> str:
+    """``pattern`` with every capturing group made non-capturing.
+
+    ``extract_regex`` needs its own named group and rejects unnamed ones, and
+    without back-references (RE2 has none) captures do not change what matches.
+    """
+    out: list[str] = []
+    i, n, in_class = 0, len(pattern), False
+    while i < n:
+        ch = pattern[i]
+        if ch == "\\":
+            out.append(pattern[i:i + 2])
+            i += 2
+            continue
+        if in_class:
+            if pattern.startswith("[:", i) and (close := pattern.find(":]", i + 2)) >= 0:
+                out.append(pattern[i:close + 2])
+                i = close + 2
+                continue
+            if ch == "]":
+                in_class = False
+        elif ch == "[":
+            in_class = True
+            out.append(ch)
+            i += 1
+            # A ']' right after '[' or '[^' is a literal member, not the end.
+            if i < n and pattern[i] == "^":
+                out.append("^")
+                i += 1
+            if i < n and pattern[i] == "]":
+                out.append("]")
+                i += 1
+            continue
+        elif ch == "(":
+            if pattern.startswith("(?P<", i):
+                out.append("(?:")
+                i = pattern.index(">", i) + 1
+                continue
+            if not pattern.startswith("(?", i):
+                out.append("(?:")
+                i += 1
+                continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+class JiebaWords:
+    """Whether a span of a caption is one whole token of jieba's precise mode
+    with HMM off (``jieba.lcut(text, HMM=False)``), computed only for the
+    block that holds the span.
+
+    jieba segments each run of Han characters, ASCII letters, digits and
+    ``+#&._%-`` on its own, picking the most probable path through the words of
+    its dictionary. This class runs that same search with jieba's dictionary
+    and arithmetic, but on one block and with the word log-probabilities
+    cached, which makes the few captions that need it several times cheaper.
+    ``tests/test_blacklist.py`` checks it against ``jieba.lcut``.
+    """
+
+    def __init__(self) -> None:
+        import jieba
+
+        jieba.setLogLevel(logging.WARNING)
+        # A private tokenizer: words other code adds to jieba's global one
+        # must not move our tokens.
+        tokenizer = jieba.Tokenizer()
+        tokenizer.initialize()
+        self._freq: dict[str, int] = tokenizer.FREQ
+        self._log_total = math.log(tokenizer.total)
+        # fragment -> log-probability if a word, None if only a prefix of
+        # words, _NOT_A_PREFIX otherwise; filled as fragments are met.
+        self._info: dict[str, Any] = {}
+        # Captions repeat phrases ("街边的广告牌"), so segmented blocks are kept.
+        self._blocks: dict[str, set[tuple[int, int]]] = {}
+        self._block = jieba.re_han_default
+        self._skip = jieba.re_skip_default
+
+    def is_token(self, text: str, start: int, end: int) -> bool:
+        """True when ``text[start:end]`` (character offsets) is one token."""
+        for block in self._block.finditer(text):
+            if block.start() <= start < block.end():
+                if end > block.end():
+                    return False
+                text_of_block = block.group()
+                spans = self._blocks.get(text_of_block)
+                if spans is None:
+                    if len(self._blocks) >= _BLOCK_CACHE_LIMIT:
+                        self._blocks.clear()
+                    spans = self._blocks[text_of_block] = set(self.block_spans(text_of_block))
+                return (start - block.start(), end - block.start()) in spans
+        # Outside the blocks jieba yields "\r\n", other whitespace and every
+        # other character one by one.
+        return end - start == 1 or text[start:end] == "\r\n"
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Character spans of all tokens of ``text``, as jieba.lcut(HMM=False) cuts it."""
+        out: list[tuple[int, int]] = []
+        position = 0
+        for piece in self._block.split(text):
+            if not piece:
+                continue
+            if self._block.fullmatch(piece):
+                out.extend((position + a, position + b) for a, b in self.block_spans(piece))
+            else:
+                for part in self._skip.split(piece):
+                    if self._skip.fullmatch(part):
+                        out.append((position, position + len(part)))
+                        position += len(part)
+                    else:
+                        out.extend((position + k, position + k + 1) for k in range(len(part)))
+                        position += len(part)
+                continue
+            position += len(piece)
+        return out
+
+    def _lookup(self, fragment: str) -> Any:
+        if len(self._info) > _INFO_CACHE_LIMIT:
+            self._info.clear()
+        count = self._freq.get(fragment)
+        if count is None:
+            value: Any = _NOT_A_PREFIX
+        elif count:
+            value = math.log(count) - self._log_total
+        else:
+            value = None
+        self._info[fragment] = value
+        return value
+
+    def block_spans(self, block: str) -> list[tuple[int, int]]:
+        """Token spans of one block (``__cut_DAG_NO_HMM`` of jieba 0.42)."""
+        info, lookup = self._info, self._lookup
+        unknown_word = -self._log_total  # jieba's log(1) - log(total) for a lone character
+        n = len(block)
+        # Best path from the right over the dictionary's words, exactly as
+        # jieba's calc(): score(word) = log(freq) - log(total), ties go to the
+        # longer word as jieba's max() over (score, end) tuples does.
+        score = [0.0] * (n + 1)
+        choice = [0] * n
+        for k in range(n - 1, -1, -1):
+            best_score, best_end = -math.inf, -1
+            i, frag = k, block[k]
+            while i < n:
+                word_score = info.get(frag, _UNSEEN)
+                if word_score is _UNSEEN:
+                    word_score = lookup(frag)
+                if word_score is _NOT_A_PREFIX:
+                    break
+                if word_score is not None:
+                    candidate = word_score + score[i + 1]
+                    if candidate >= best_score:
+                        best_score, best_end = candidate, i
+                i += 1
+                frag = block[k:i + 1]
+            if best_end < 0:
+                best_score, best_end = unknown_word + score[k + 1], k
+            score[k], choice[k] = best_score, best_end
+        spans: list[tuple[int, int]] = []
+        x, run_start = 0, -1
+        while x < n:
+            y = choice[x] + 1
+            if y - x == 1 and block[x] in _ASCII_ALNUM:
+                if run_start < 0:
+                    run_start = x
+            else:
+                if run_start >= 0:
+                    spans.append((run_start, x))
+                    run_start = -1
+                spans.append((x, y))
+            x = y
+        if run_start >= 0:
+            spans.append((run_start, n))
+        return spans
+
+
+_UNSEEN = object()
+_NOT_A_PREFIX = object()
+_INFO_CACHE_LIMIT = 2_000_000
+_BLOCK_CACHE_LIMIT = 100_000
+_ASCII_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+_WORDS: JiebaWords | None = None
+_WORDS_LOCK = threading.Lock()
+
+
+def jieba_words() -> JiebaWords:
+    """The process-wide :class:`JiebaWords`, loaded on first use (about 1 s)."""
+    global _WORDS
+    if _WORDS is None:
+        with _WORDS_LOCK:
+            if _WORDS is None:
+                _WORDS = JiebaWords()
+    return _WORDS
+
+
+def _polars(array: pa.Array) -> Any:
+    import polars as pl
+
+    return pl.Series(values=array)
+
+
+def _regex_mask(array: pa.Array, pattern: str) -> np.ndarray:
+    hits = pc.match_substring_regex(array, pattern=pattern, ignore_case=True)
+    return hits.fill_null(False).to_numpy(zero_copy_only=False)
+
+
+def _as_string_array(captions: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(captions, pa.ChunkedArray):
+        captions = captions.combine_chunks()
+    if not isinstance(captions, pa.Array):
+        raise TypeError(f"captions must be a pyarrow Array or ChunkedArray, got {type(captions).__name__}")
+    if pa.types.is_null(captions.type) or pa.types.is_string_view(captions.type):
+        # pyarrow's regex kernels take string and large_string only.
+        return captions.cast(pa.large_string())
+    if not (pa.types.is_string(captions.type) or pa.types.is_large_string(captions.type)):
+        raise TypeError(f"captions must be a string column, got {captions.type}")
+    return captions
+
+
+def _scatter(values: pa.Array, rows: np.ndarray, n: int) -> pa.Array:
+    """A length-``n`` string array holding ``values[k]`` at ``rows[k]``, null elsewhere."""
+    index = np.full(n, -1, dtype=np.int64)
+    index[rows] = np.arange(len(rows), dtype=np.int64)
+    return values.take(pa.array(index, mask=index < 0))
