@@ -105,6 +105,9 @@ def apply_rules(table: pa.Table, rules: RuleSet) -> tuple[pa.Table, pa.Table]:
     )
     rejects.append(rej)
     if table.num_rows:
-        table, rej = _split(table, rules.matcher.match_array(table.column(S.CAPTION)))
+        # Match on an NFKC copy so full-width ＱＱ / １３８... spellings hit the
+        # ASCII terms; the stored caption keeps its full-width punctuation.
+        folded = pc.utf8_normalize(table.column(S.CAPTION), "NFKC")
+        table, rej = _split(table, rules.matcher.match_array(folded))
         rejects.append(rej)
     return table, pa.concat_tables(rejects)

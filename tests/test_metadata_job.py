@@ -187,3 +187,14 @@ def test_cli_subprocess_passes_beam_flags_and_prints_report(sample, tmp_path):
     assert "stage 1 (metadata) funnel" in proc.stdout and "TOTAL" in proc.stdout
     report = json.loads((tmp_path / "cli" / "report" / "metadata.json").read_text())
     assert report["config"]["filters"]["caption"]["min_chars"] == 4
+
+
+def test_blacklist_matches_full_width_spellings():
+    from filters.rules import RuleSet, apply_rules
+    from pipeline.sources.common import rows_table
+
+    table = rows_table("mine", {S.SOURCE_ID: ["1", "2"], S.URL: ["http://a.com/1.jpg", "http://a.com/2.jpg"],
+                                S.CAPTION: ["联系ＱＱ：１２３４５６７８９购买", "窗外的雪景，很美。"]})
+    kept, rejects = apply_rules(table, RuleSet())
+    assert kept.column(S.CAPTION).to_pylist() == ["窗外的雪景，很美。"]  # punctuation untouched
+    assert rejects.column(S.REASON)[0].as_py().startswith("blacklist:contact:")
