@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from filters.images import OPENAI_MEAN, OPENAI_STD, clip_preprocess
+from filters.images import OPENAI_MEAN, OPENAI_STD, clip_pixels
 from pipeline.schema import REASON_LOW_SIMILARITY
 
 
@@ -135,7 +135,9 @@ def resolve_device(device: str) -> str:
 class EmbeddingPairScorer:
     """Cosine of an image embedding and a text embedding, in fixed-size batches.
 
-    ``image_encoder`` maps a float32 NCHW tensor to embeddings, ``text_encoder``
+    ``image_encoder`` maps a normalised float32 NCHW tensor to embeddings (images
+    come as PIL images, uint8 HWC arrays from :meth:`preprocess`, or already
+    normalised float CHW arrays), ``text_encoder``
     maps a list of captions to embeddings; both already live on ``device``. On
     CUDA the forward passes run under bf16 autocast, the cosine in float32.
     """
@@ -152,12 +154,13 @@ class EmbeddingPairScorer:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        return clip_preprocess(image, self.image_size, self.mean, self.std)
+        """uint8 HWC pixels after resize + center crop; normalised per batch in :meth:`score`."""
+        return clip_pixels(image, self.image_size)
 
     def _as_array(self, image: Any) -> np.ndarray:
         if isinstance(image, Image.Image):
             return self.preprocess(image)
-        return np.asarray(image, dtype=np.float32)
+        return np.asarray(image)
 
     def score(
         self,
@@ -179,6 +182,13 @@ class EmbeddingPairScorer:
 
         pixels = torch.from_numpy(np.stack([self._as_array(im) for im in images]))
         pixels = pixels.to(self.device, non_blocking=True)
+        if pixels.dtype == torch.uint8:
+            # HWC uint8 from preprocess(): same arithmetic as torchvision's ToTensor +
+            # Normalize, done on the whole batch.
+            pixels = pixels.permute(0, 3, 1, 2)
+            mean = torch.tensor(self.mean, device=pixels.device).view(1, -1, 1, 1)
+            std = torch.tensor(self.std, device=pixels.device).view(1, -1, 1, 1)
+            pixels = (pixels.float() / 255.0 - mean) / std
         autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16)
             if self.device.startswith("cuda")
@@ -220,11 +230,10 @@ def _mclip(score_config: Any) -> PairScorer:
 
 @register_backend("zhclip")
 def _zhclip(score_config: Any) -> PairScorer:
-    """A Chinese CLIP exported by ``zhclip train`` (score.model is the export's path).
+    """A Chinese CLIP exported by ``zhclip train`` (score.model is the export file).
 
-    Contract with training/: ``training.export.load_export(path, device)``
-    returns an object with ``encode_image(pixels)``, ``encode_text(captions)``
-    and ``image_size`` / ``mean`` / ``std``.
+    Uses ``training.export.load_export(path, device) -> (model, tokenizer,
+    transform)``; the model's ``spec`` gives image size and normalisation.
     """
     try:
         from training.export import load_export
@@ -234,14 +243,20 @@ def _zhclip(score_config: Any) -> PairScorer:
             f"train`), which this install does not provide ({err}); use backend mclip or precomputed"
         ) from None
     device = resolve_device(score_config.device)
-    model = load_export(score_config.model, device=device)
+    model, tokenizer, _ = load_export(score_config.model, device=device)
+    spec = getattr(model, "spec", {}) or {}
+
+    def encode_text(captions: list[str]):
+        ids, mask = tokenizer(captions)
+        return model.encode_text(ids.to(device), mask.to(device))
+
     return EmbeddingPairScorer(
         image_encoder=model.encode_image,
-        text_encoder=model.encode_text,
+        text_encoder=encode_text,
         device=device,
         batch_size=score_config.batch_size,
-        image_size=int(getattr(model, "image_size", 224)),
-        mean=tuple(getattr(model, "mean", OPENAI_MEAN)),
-        std=tuple(getattr(model, "std", OPENAI_STD)),
+        image_size=int(spec.get("image_size", 224)),
+        mean=tuple(spec.get("mean", OPENAI_MEAN)),
+        std=tuple(spec.get("std", OPENAI_STD)),
         name="zhclip",
     )

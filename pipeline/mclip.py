@@ -113,7 +113,7 @@ def base_encoder_config(model_base: str, checkpoint_dir: Path):
     Looked up as a local folder (absolute, or relative to the checkpoint), then
     among the known base models, then as a hub repo (config.json only).
     """
-    from transformers import AutoConfig, CONFIG_MAPPING
+    from transformers import CONFIG_MAPPING, AutoConfig
 
     for candidate in (Path(model_base).expanduser(), checkpoint_dir / model_base):
         if (candidate / "config.json").is_file():
@@ -209,7 +209,14 @@ def load_mclip_text(name_or_path: str, device: str = "cpu") -> MClipText:
             f"weights in {folder} do not fit its config (modelBase {cfg['modelBase']!r}): "
             f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
         )
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except Exception as err:
+        # A folder with only sentencepiece.bpe.model makes transformers convert it
+        # to a fast tokenizer, which needs a protobuf matching sentencepiece's; the
+        # slow tokenizer gives the same ids without that.
+        log.info("fast tokenizer unavailable for %s (%s); using the slow one", folder, err)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=False)
     positions = getattr(model.transformer.config, "max_position_embeddings", 514)
     # XLM-R positions start after the padding index, so two slots are unusable.
     max_length = min(512, positions - 2)

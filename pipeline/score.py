@@ -1,0 +1,540 @@
+"""Stage 3, `zhclip score`: downloaded shards -> scored, filtered, deduplicated final shards.
+
+    download shards | Reshuffle | ScoreShard (decode, CLIP preprocess, score in
+    fixed batches, per-source threshold, test-set overlap) | DedupBySha256
+    | RankForShards | JoinSamples | WriteShards | manifest + report
+
+The model is built once per worker (DoFn.setup through Beam's Shared handle)
+and batches are cut inside each download shard in key order, so a pair's
+score does not depend on how the runner bundled elements: two runs give the
+same scores, hence the same shards, byte for byte. Every sample of the final
+shards gets a global position (a hash of its key), so shard contents do not
+depend on worker count or timing either.
+
+Outputs: OUT/dataset/{split}-{index:06d}.tar + .parquet, OUT/dataset/manifest.json,
+OUT/rejects/score-*.parquet (REJECT_SCHEMA, stage "score"), OUT/report/score.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.utils.shared import Shared
+from tqdm import tqdm
+
+from filters import images as I
+from filters.scoring import build_scorer, policy_reason
+from pipeline import paths
+from pipeline import report as R
+from pipeline import schema as S
+from pipeline import shards as SH
+from pipeline.config import Config, ConfigError, config_to_dict, load_config
+
+log = logging.getLogger(__name__)
+
+STAGE = "score"
+REJECTS_DIR = "rejects"
+REPORT_DIR = "report"
+REPORT_NAME = "score.json"
+REJECT_FILE_PREFIX = "score-"
+# Tagged outputs of ScoreShard.
+REJECTS = "rejects"
+COUNTS = "counts"
+HIST = "hist"
+# Score histogram: fixed bins over the cosine range, so runs can be compared.
+HIST_BINS = 200
+HIST_RANGE = (-1.0, 1.0)
+# Final-position buckets: the first hex digits of SH.order_key. Bucket order is
+# global order, so a bucket's rank offset is the size of the buckets before it.
+ORDER_BUCKET_HEX = 3
+SCORE_DECIMALS = 6
+MAX_NOTES = 200
+
+
+# --- per-sample work (pure; used by the DoFn and by the benchmark) -------------------
+
+
+def reject_row(sample: SH.DownloadedSample, reason: str) -> dict[str, Any]:
+    return {
+        S.KEY: sample.key,
+        S.SOURCE: sample.source,
+        S.URL: sample.url,
+        S.CAPTION: sample.caption,
+        S.REASON: reason,
+        S.STAGE: STAGE,
+    }
+
+
+class PreparedSample:
+    """A decoded download: JPEG bytes and hashes for the shards, pixels for the model."""
+
+    __slots__ = ("sample", "jpeg", "sha256", "width", "height", "pixels", "phash", "error")
+
+    def __init__(self, sample: SH.DownloadedSample) -> None:
+        self.sample = sample
+        self.jpeg: bytes = b""
+        self.sha256 = ""
+        self.width = self.height = 0
+        self.pixels: np.ndarray | None = None
+        self.phash: int | None = None
+        self.error: str | None = None
+
+
+def prepare_sample(sample: SH.DownloadedSample, preprocess: Any | None,
+                   want_phash: bool) -> PreparedSample:
+    """Decode one sample; a decode failure is recorded on the result, never raised."""
+    out = PreparedSample(sample)
+    try:
+        image = I.decode_image(sample.image or b"")
+        out.jpeg = I.to_jpeg_bytes(sample.image, image)
+    except I.ImageDecodeError as err:
+        out.error = str(err)
+        return out
+    out.sha256 = I.sha256_hex(out.jpeg)
+    out.width, out.height = image.size
+    if want_phash:
+        out.phash = I.phash64(image)
+    if preprocess is not None:
+        out.pixels = preprocess(image)
+    return out
+
+
+def histogram(scores: list[float]) -> list[int]:
+    counts, _ = np.histogram(np.asarray(scores, dtype=np.float64), bins=HIST_BINS, range=HIST_RANGE)
+    return counts.astype(int).tolist()
+
+
+class _ScorerHolder:
+    """Weak-referenceable box so Beam's Shared can keep one scorer per process."""
+
+    def __init__(self, scorer: Any) -> None:
+        self.scorer = scorer
+
+
+# --- Beam transforms --------------------------------------------------------------------
+
+
+class ScoreShard(beam.DoFn):
+    """One download shard -> kept samples (main), rejects, funnel counts, score histograms."""
+
+    def __init__(self, cfg: dict[str, Any], eval_hashes: list[int], shared: Shared) -> None:
+        self._cfg = cfg
+        self._eval_hashes = eval_hashes
+        self._shared = shared
+
+    def setup(self) -> None:
+        from pipeline.config import config_from_dict
+
+        cfg = config_from_dict(self._cfg)
+        self._score = cfg.score
+        self._val_fraction = cfg.shards.val_fraction
+        self._scorer = self._shared.acquire(lambda: _ScorerHolder(build_scorer(cfg.score))).scorer
+        self._index = I.phash_index(self._eval_hashes)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zhclip-decode")
+        self._pairs = Metrics.counter("zhclip.score", "pairs_scored")
+        self._shards = Metrics.counter("zhclip.score", "shards_read")
+
+    def teardown(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False)
+
+    def _prepare(self, batch: list[SH.DownloadedSample]) -> list[PreparedSample]:
+        preprocess = self._scorer.preprocess if self._scorer.needs_images else None
+        return [prepare_sample(s, preprocess, bool(self._eval_hashes)) for s in batch]
+
+    def process(self, shard: SH.DownloadShard) -> Iterator[Any]:
+        contents = SH.read_download_shard(shard)
+        counts: dict[str, Counter] = defaultdict(Counter)
+        scores: dict[str, list[float]] = defaultdict(list)
+        usable = []
+        for sample in contents.samples:
+            counts[sample.source]["rows_in"] += 1
+            if sample.problem:
+                counts[sample.source][sample.problem] += 1
+                yield beam.pvalue.TaggedOutput(REJECTS, reject_row(sample, sample.problem))
+            else:
+                usable.append(sample)
+
+        size = self._score.batch_size
+        batches = [usable[i: i + size] for i in range(0, len(usable), size)]
+        # Decode batch i+1 while the model scores batch i.
+        pending = self._pool.submit(self._prepare, batches[0]) if batches else None
+        progress = tqdm(total=len(usable), desc=f"score {shard.name}", unit="pair", leave=False,
+                        disable=None, mininterval=2.0)
+        for i in range(len(batches)):
+            prepared = pending.result()
+            if i + 1 < len(batches):
+                pending = self._pool.submit(self._prepare, batches[i + 1])
+            yield from self._score_batch(prepared, counts, scores)
+            progress.update(len(prepared))
+        progress.close()
+        self._shards.inc()
+        yield beam.pvalue.TaggedOutput(COUNTS, {
+            src: {"rows_in": c.pop("rows_in", 0), "kept": 0, "reasons": dict(c)}
+            for src, c in counts.items()
+        })
+        yield beam.pvalue.TaggedOutput(HIST, {
+            "scores": {src: histogram(v) for src, v in scores.items()},
+            "not_downloaded": contents.not_success_rows,
+            "notes": contents.notes[:MAX_NOTES],
+        })
+
+    def _score_batch(self, prepared: list[PreparedSample], counts: dict[str, Counter],
+                     scores: dict[str, list[float]]) -> Iterator[Any]:
+        ok = []
+        for p in prepared:
+            if p.error is not None:
+                counts[p.sample.source][S.REASON_DECODE_ERROR] += 1
+                yield beam.pvalue.TaggedOutput(REJECTS, reject_row(p.sample, S.REASON_DECODE_ERROR))
+            elif p.phash is not None and I.min_hamming(p.phash, self._index) <= self._score.phash_distance:
+                counts[p.sample.source][S.REASON_TEST_OVERLAP] += 1
+                yield beam.pvalue.TaggedOutput(REJECTS, reject_row(p.sample, S.REASON_TEST_OVERLAP))
+            else:
+                ok.append(p)
+        if not ok:
+            return
+        values = self._scorer.score(
+            [p.pixels for p in ok],
+            [p.sample.caption or "" for p in ok],
+            similarity=[p.sample.similarity for p in ok],
+        )
+        self._pairs.inc(len(ok))
+        for p, value in zip(ok, values, strict=True):
+            score = None if math.isnan(value) else round(float(value), SCORE_DECIMALS)
+            if score is not None:
+                scores[p.sample.source].append(score)
+            reason = policy_reason(p.sample.source, score, self._score.thresholds)
+            if reason is not None:
+                counts[p.sample.source][reason] += 1
+                yield beam.pvalue.TaggedOutput(REJECTS, reject_row(p.sample, reason))
+                continue
+            yield kept_record(p, score, self._val_fraction)
+
+
+def kept_record(p: PreparedSample, score: float | None, val_fraction: float) -> dict[str, Any]:
+    """A sample that passed every per-sample rule, as it travels to the writer."""
+    s = p.sample
+    return {
+        S.KEY: s.key,
+        S.SOURCE: s.source,
+        S.URL: s.url,
+        S.CAPTION: s.caption or "",
+        S.CAPTION_ORIG: s.caption_orig,
+        S.SCORE: score,
+        S.WIDTH: p.width,
+        S.HEIGHT: p.height,
+        S.SHA256: p.sha256,
+        "image": p.jpeg,
+        S.SPLIT: SH.split_for_key(s.key, val_fraction),
+    }
+
+
+def _index_entry(rec: dict[str, Any]) -> dict[str, Any]:
+    """What dedup and ranking need of a record: no pixels."""
+    return {k: rec[k] for k in (S.KEY, S.SOURCE, S.URL, S.CAPTION, S.SPLIT)}
+
+
+def pick_sha_winner(element: tuple[str, list[dict[str, Any]]]) -> Iterator[Any]:
+    """Keep the smallest key of a group of identical images; reject the others."""
+    _, entries = element
+    entries = sorted(entries, key=lambda e: e[S.KEY])
+    yield entries[0]
+    for loser in entries[1:]:
+        yield beam.pvalue.TaggedOutput(REJECTS, {
+            S.KEY: loser[S.KEY], S.SOURCE: loser[S.SOURCE], S.URL: loser[S.URL],
+            S.CAPTION: loser[S.CAPTION], S.REASON: S.REASON_DUPLICATE_IMAGE, S.STAGE: STAGE,
+        })
+        yield beam.pvalue.TaggedOutput(COUNTS, R.counts(
+            loser[S.SOURCE], reasons={S.REASON_DUPLICATE_IMAGE: 1}))
+
+
+def _bucket_of(entry: dict[str, Any]) -> tuple[tuple[str, str], str]:
+    order = SH.order_key(entry[S.KEY])
+    return (entry[S.SPLIT], order[:ORDER_BUCKET_HEX]), entry[S.KEY]
+
+
+def _sorted_bucket(element: tuple[tuple[str, str], list[str]]) -> tuple[tuple[str, str], list[str]]:
+    bucket, keys = element
+    return bucket, sorted(keys, key=lambda k: (SH.order_key(k), k))
+
+
+def _assign_positions(element: tuple[tuple[str, str], list[str]], sizes: dict[tuple[str, str], int],
+                      samples_per_shard: int) -> Iterator[tuple[str, tuple[str, int, int]]]:
+    """(key, (split, shard index, global rank)) for every key of one bucket."""
+    (split, bucket), keys = element
+    offset = sum(n for (sp, b), n in sizes.items() if sp == split and b < bucket)
+    for i, key in enumerate(keys):
+        rank = offset + i
+        yield key, (split, rank // samples_per_shard, rank)
+
+
+def _join_position(element: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
+    _, joined = element
+    positions, records = list(joined["pos"]), list(joined["rec"])
+    # No position: a duplicate-image loser, already rejected by the dedup step.
+    if positions:
+        split, index, rank = positions[0]
+        yield (split, index), (rank, records[0])
+
+
+class WriteShard(beam.DoFn):
+    """All samples of one final shard -> tar + parquet; yields ShardInfo json and kept counts."""
+
+    def __init__(self, folder: str) -> None:
+        self._folder = folder
+
+    def process(self, element: tuple[tuple[str, int], list[tuple[int, dict[str, Any]]]]):
+        (split, index), ranked = element
+        ranked = sorted(ranked, key=lambda x: x[0])
+        samples = []
+        kept: Counter = Counter()
+        for _, rec in ranked:
+            meta = {c: rec.get(c) for c in S.DATASET_COLUMNS}
+            samples.append(SH.ShardSample(rec[S.KEY], rec["image"], rec[S.CAPTION], meta))
+            kept[rec[S.SOURCE]] += 1
+        info = SH.write_shard(self._folder, split, index, samples)
+        yield info.to_json()
+        yield beam.pvalue.TaggedOutput(COUNTS, {
+            src: {"rows_in": 0, "kept": n, "reasons": {}} for src, n in kept.items()
+        })
+
+
+def write_reject_file(element: tuple[int, list[dict[str, Any]]], folder: str) -> str:
+    index, rows = element
+    rows = sorted(rows, key=lambda r: (r[S.KEY] or "", r[S.REASON]))
+    table = pa.Table.from_pylist(rows, schema=S.REJECT_SCHEMA)
+    name = f"{REJECT_FILE_PREFIX}{index:05d}.parquet"
+    paths.write_parquet_atomic(table, paths.join(folder, name))
+    return name
+
+
+def _merge_hist(items: list[dict[str, Any]]) -> dict[str, Any]:
+    scores: dict[str, list[int]] = {}
+    not_downloaded = 0
+    notes: list[str] = []
+    for item in items:
+        not_downloaded += item["not_downloaded"]
+        notes.extend(item["notes"])
+        for src, counts in item["scores"].items():
+            acc = scores.setdefault(src, [0] * HIST_BINS)
+            scores[src] = [a + b for a, b in zip(acc, counts, strict=True)]
+    return {"scores": scores, "not_downloaded": not_downloaded, "notes": sorted(notes)[:MAX_NOTES]}
+
+
+def finalize(_: Any, out: str, cfg_dict: dict[str, Any], shard_infos: list[dict[str, Any]],
+             counts: list[R.Counts], hists: list[dict[str, Any]], reject_files: list[str],
+             extra: dict[str, Any]) -> dict[str, Any]:
+    """Write manifest.json, remove an earlier run's leftovers, write report/score.json."""
+    dataset = paths.join(out, SH.DATASET_DIR)
+    manifest = SH.build_manifest(shard_infos, cfg_dict)
+    keep = {name for s in manifest["shards"] for name in s["files"]}
+    stale = SH.remove_stale_shards(dataset, keep)
+    SH.write_manifest(dataset, manifest)
+    for uri in paths.list_files(paths.join(out, REJECTS_DIR), ".parquet"):
+        name = uri.rpartition("/")[2]
+        if name.startswith(REJECT_FILE_PREFIX) and name not in reject_files:
+            paths.remove(uri)
+    hist = _merge_hist(hists)
+    step = (HIST_RANGE[1] - HIST_RANGE[0]) / HIST_BINS
+    report = R.finalize(STAGE, R.merge_counts(counts), {
+        **extra,
+        "shards": {"count": len(manifest["shards"]), "splits": manifest["splits"],
+                   "folder": dataset},
+        "rejects": sorted(reject_files),
+        "not_downloaded_rows": hist["not_downloaded"],
+        "histogram": {
+            "bin_edges": [round(HIST_RANGE[0] + i * step, 6) for i in range(HIST_BINS + 1)],
+            "counts": dict(sorted(hist["scores"].items())),
+        },
+        "notes": hist["notes"],
+        "removed_stale_files": stale,
+    })
+    paths.write_bytes_atomic(paths.join(out, REPORT_DIR, REPORT_NAME), R.to_json(report))
+    return report
+
+
+def build_pipeline(p: beam.Pipeline, cfg: Config, shards: list[SH.DownloadShard],
+                   eval_hashes: list[int]) -> None:
+    out = cfg.output
+    cfg_dict = config_to_dict(cfg)
+    dataset = paths.join(out, SH.DATASET_DIR)
+    sps = cfg.shards.samples_per_shard
+    n_reject_files = max(1, math.ceil(len(shards) / 64))
+
+    scored = (
+        p
+        | "DownloadShards" >> beam.Create(shards)
+        | "Spread" >> beam.Reshuffle()
+        | "ScoreShard" >> beam.ParDo(ScoreShard(cfg_dict, eval_hashes, Shared())).with_outputs(
+            REJECTS, COUNTS, HIST, main="kept")
+    )
+    kept = scored.kept
+    reject_parts, count_parts = [scored[REJECTS]], [scored[COUNTS]]
+
+    index = kept | "IndexEntry" >> beam.Map(_index_entry)
+    if cfg.score.dedup_images:
+        dedup = (
+            kept
+            | "BySha256" >> beam.Map(lambda r: (r[S.SHA256], _index_entry(r)))
+            | "GroupSha256" >> beam.GroupByKey()
+            | "PickWinner" >> beam.FlatMap(pick_sha_winner).with_outputs(REJECTS, COUNTS, main="winners")
+        )
+        index = dedup.winners
+        reject_parts.append(dedup[REJECTS])
+        count_parts.append(dedup[COUNTS])
+
+    buckets = (
+        index
+        | "ToBucket" >> beam.Map(_bucket_of)
+        | "GroupBucket" >> beam.GroupByKey()
+        | "SortBucket" >> beam.Map(_sorted_bucket)
+    )
+    sizes = buckets | "BucketSize" >> beam.Map(lambda kv: (kv[0], len(kv[1])))
+    positions = buckets | "Positions" >> beam.FlatMap(
+        _assign_positions, sizes=beam.pvalue.AsDict(sizes), samples_per_shard=sps)
+    records = kept | "ByKey" >> beam.Map(lambda r: (r[S.KEY], r))
+    written = (
+        {"pos": positions, "rec": records}
+        | "JoinPosition" >> beam.CoGroupByKey()
+        | "ToShard" >> beam.FlatMap(_join_position)
+        | "GroupShard" >> beam.GroupByKey()
+        | "WriteShards" >> beam.ParDo(WriteShard(dataset)).with_outputs(COUNTS, main="infos")
+    )
+    count_parts.append(written[COUNTS])
+
+    reject_files = (
+        tuple(reject_parts)
+        | "AllRejects" >> beam.Flatten()
+        | "RejectBucket" >> beam.Map(
+            lambda r: (int(SH.order_key(r[S.KEY] or "")[:8], 16) % n_reject_files, r))
+        | "GroupRejects" >> beam.GroupByKey()
+        | "WriteRejects" >> beam.Map(write_reject_file, folder=paths.join(out, REJECTS_DIR))
+    )
+    counts = tuple(count_parts) | "AllCounts" >> beam.Flatten()
+    extra = {
+        "backend": cfg.score.backend,
+        "model": cfg.score.model if cfg.score.backend != "precomputed" else None,
+        "thresholds": dict(cfg.score.thresholds),
+        "dedup_images": cfg.score.dedup_images,
+        "decontaminate": cfg.score.decontaminate,
+        "eval_images": len(eval_hashes),
+        "download_shards": len(shards),
+    }
+    (
+        p
+        | "Once" >> beam.Create([None])
+        | "Finalize" >> beam.Map(
+            finalize, out=out, cfg_dict=cfg_dict,
+            shard_infos=beam.pvalue.AsList(written.infos),
+            counts=beam.pvalue.AsList(counts),
+            hists=beam.pvalue.AsList(scored[HIST]),
+            reject_files=beam.pvalue.AsList(reject_files),
+            extra=extra)
+    )
+
+
+# --- driver ------------------------------------------------------------------------------
+
+
+def eval_image_hashes(folder: str | None) -> list[int]:
+    """Perceptual hashes of every image under ``folder`` (decontamination set)."""
+    if not folder:
+        return []
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"score.decontaminate: folder {folder!r} not found")
+    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs)
+    hashes = []
+    for f in tqdm(files, desc="hashing evaluation images", unit="img", disable=None):
+        try:
+            with open(f, "rb") as fh:
+                hashes.append(I.phash64(I.decode_image(fh.read())))
+        except (I.ImageDecodeError, OSError):
+            log.warning("decontaminate: skipping %s (not an image)", f)
+    if not hashes:
+        raise FileNotFoundError(f"score.decontaminate: no readable images under {folder!r}")
+    return hashes
+
+
+def check_model_paths(cfg: Config) -> None:
+    """Fail on the driver, in a second, when a local model path named in the config is absent.
+
+    Loading the model here would cost a second copy of it in memory; workers
+    load it in DoFn.setup.
+    """
+    from filters.scoring import available_backends
+
+    sc = cfg.score
+    if sc.backend not in available_backends():
+        raise ConfigError(f"score.backend {sc.backend!r}: available {available_backends()}")
+    if sc.backend == "precomputed":
+        return
+    looks_local = sc.model.startswith((".", "/", "~")) or os.path.exists(sc.model)
+    if looks_local and not os.path.exists(os.path.expanduser(sc.model)):
+        raise FileNotFoundError(f"score.model: {sc.model} not found")
+    if sc.backend == "mclip":
+        if sc.image_model.startswith("local-dir:"):
+            folder = sc.image_model[len("local-dir:"):]
+            if not os.path.isdir(folder):
+                raise FileNotFoundError(f"score.image_model: folder {folder} not found")
+        pre = sc.image_pretrained
+        if pre and pre.endswith((".pt", ".pth", ".bin", ".safetensors")) and not os.path.isfile(pre):
+            raise FileNotFoundError(f"score.image_pretrained: {pre} not found")
+
+
+def run_score(cfg: Config, beam_args: list[str] | None = None,
+              downloads: str | None = None) -> dict[str, Any]:
+    """Run stage 3 on ``downloads`` (default OUT/downloads); returns the report dict.
+
+    Also written to OUT/report/score.json. The model is checked on the driver
+    first so that a wrong path fails in seconds, not inside every worker.
+    """
+    folder = downloads or paths.join(cfg.output, SH.DOWNLOADS_DIR)
+    shards = SH.list_download_shards(folder)
+    if not shards:
+        raise FileNotFoundError(f"no download shards (*.tar / *.parquet) in {folder}; "
+                                "run `zhclip download` first or pass --downloads")
+    if cfg.score.decontaminate is not None and not cfg.score.decontaminate:
+        raise ConfigError("score.decontaminate: empty folder name")
+    eval_hashes = eval_image_hashes(cfg.score.decontaminate)
+    check_model_paths(cfg)
+    started = time.time()
+    with beam.Pipeline(options=PipelineOptions(beam_args or [])) as p:
+        build_pipeline(p, cfg, shards, eval_hashes)
+    report = json.loads(paths.read_text(paths.join(cfg.output, REPORT_DIR, REPORT_NAME)))
+    report["seconds"] = round(time.time() - started, 3)
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", help="output root OUT (overrides the config's `output`)")
+    parser.add_argument("--downloads", help="img2dataset output folder to score "
+                        "(default OUT/downloads)")
+    parser.add_argument("--quiet", action="store_true", help="do not print the funnel table")
+
+
+def main(args: argparse.Namespace, beam_args: list[str]) -> int:
+    overrides = list(args.overrides)
+    if args.output:
+        overrides.append(f"output={args.output}")
+    cfg = load_config(args.config, overrides)
+    report = run_score(cfg, beam_args, downloads=args.downloads)
+    if not args.quiet:
+        R.print_funnel(report, "stage 3 (score) funnel")
+        print(f"final shards: {report['shards']['count']} in {report['shards']['folder']}  "
+              f"report: {paths.join(cfg.output, REPORT_DIR, REPORT_NAME)}")
+    return 0 if report["total"]["balanced"] else 1
