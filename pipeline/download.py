@@ -277,7 +277,7 @@ def _remove_empty_work_dir(output: str) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _summary_lines(report: dict) -> list[str]:
+def summary_lines(report: dict) -> list[str]:
     total = report["total"]
     lines = [
         f"download: {total['shards_done']}/{total['shards']} shards, {total['rows_in']} rows, "
@@ -301,7 +301,7 @@ def main(args: argparse.Namespace, beam_args: list[str]) -> int:
         shards=args.shards or None,
         progress=not args.no_progress,
     )
-    for line in _summary_lines(report):
+    for line in summary_lines(report):
         print(line)
     missing = set(report["missing_shards"])
     if args.shards:

@@ -19,11 +19,12 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from pipeline import schema as S
+from training import tiny
+from training.tiny import TINY_RN, TINY_VIT  # noqa: F401  (tests import them from here)
 
 COLOURS = {"红色": (220, 30, 30), "绿色": (30, 180, 40), "蓝色": (30, 60, 220), "黄色": (230, 210, 20)}
 SHAPES = ("圆形", "方形", "三角形")
 PLACES = {"左上": (0, 0), "右上": (1, 0), "左下": (0, 1), "右下": (1, 1)}
-SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def caption_of(place: str, colour: str, shape: str) -> str:
@@ -56,10 +57,7 @@ def all_captions() -> list[str]:
 
 def write_vocab(path: Path, extra: list[str] | None = None) -> Path:
     """A WordPiece vocab: BERT's special tokens and every character of the captions."""
-    chars = sorted({ch for cap in all_captions() + (extra or []) for ch in cap})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(SPECIAL + chars) + "\n", encoding="utf-8")
-    return path
+    return tiny.write_vocab(path, all_captions() + (extra or []))
 
 
 def write_shape_dataset(dataset: Path, n_train: int = 512, n_val: int = 48,
@@ -98,56 +96,15 @@ def write_shape_dataset(dataset: Path, n_train: int = 512, n_val: int = 48,
     return manifest
 
 
-TINY_VIT = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
-    "text_cfg": {"context_length": 16, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
-}
-TINY_RN = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8, "head_width": 64,
-                   "patch_size": None},
-    "text_cfg": {"context_length": 16, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
-}
-
-
 def write_tiny_image_tower(folder: Path, name: str = "Tiny-ViT", cfg: dict | None = None,
                            image_size: int | None = None, seed: int = 0) -> dict[str, str]:
-    """Register a tiny open_clip config and save a full CLIP checkpoint of it.
-
-    Returns the ``train.image`` mapping that loads it (config_file + pretrained).
-    """
-    import open_clip
-    import torch
-
-    cfg = json.loads(json.dumps(cfg or TINY_VIT))
-    if image_size:
-        cfg["vision_cfg"]["image_size"] = image_size
-    folder.mkdir(parents=True, exist_ok=True)
-    cfg_file = folder / f"{name}.json"
-    cfg_file.write_text(json.dumps(cfg), encoding="utf-8")
-    open_clip.add_model_config(cfg_file)
-    torch.manual_seed(seed)
-    clip = open_clip.create_model(name)
-    weights = folder / f"{name}.pt"
-    torch.save(clip.state_dict(), weights)
-    return {"model": name, "config_file": str(cfg_file), "pretrained": str(weights)}
+    """The package's tiny open_clip tower (training.tiny), under the tests' name."""
+    return tiny.write_tiny_image_tower(folder, name, cfg, image_size, seed)
 
 
 def write_tiny_bert(folder: Path, seed: int = 0, dropout: float = 0.1) -> Path:
-    """A two-layer BERT saved with save_pretrained, with the test vocab beside it."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    vocab = write_vocab(folder / "vocab.txt")
-    n = len(vocab.read_text(encoding="utf-8").split())
-    torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=n, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64,
-                     hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
-    BertModel(cfg).save_pretrained(folder)  # with a pooler, like the real checkpoints
-    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(folder)
-    return folder
+    """A two-layer BERT over the synthetic captions' characters."""
+    return tiny.write_tiny_bert(folder, all_captions(), seed=seed, dropout=dropout)
 
 
 def tiny_train_section(root: Path, image: dict[str, str], bert: Path, /, **over: Any) -> dict[str, Any]:

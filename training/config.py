@@ -102,6 +102,7 @@ class TrainConfig(_Strict):
     nan_policy: Literal["stop", "skip"] = "stop"
     max_skipped_steps: int = Field(10, ge=1)
     eval_every: int = Field(500, ge=1)
+    eval_at_start: bool = False  # evaluate the initial model too (a baseline to compare against)
     eval_batch_size: int = Field(256, ge=1)
     eval_chunk: int = Field(4096, ge=1)
     save_every: int = Field(1000, ge=1)

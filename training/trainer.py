@@ -181,6 +181,9 @@ class Trainer:
         bar = tqdm(total=total, initial=min(self.state.step, total), disable=not self.rt.is_main,
                    desc="train", dynamic_ncols=True)
         resume = self.resume_state
+        initial_eval = None
+        if self.cfg.eval_at_start and resume is None and self.state.step == 0:
+            initial_eval = self._evaluate(1)
         try:
             for index in (1, 2):
                 if index < self.state.stage or not self.stages[index].steps:
@@ -200,7 +203,7 @@ class Trainer:
         if self.rt.is_main:
             export_model(self.model, self.tokenizer, self.out / "export.pt")
         return {"step": self.state.step, "switched_at": self.state.switched_at,
-                "eval": self.last_eval}
+                "initial_eval": initial_eval, "eval": self.last_eval}
 
     def _load_stage_state(self, resume: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(resume["optimizer"])
