@@ -17,7 +17,7 @@ from pipeline.config import Config, load_config
 def run_all(cfg: Config, beam_args: list[str] | None = None, progress: bool = True,
             echo: bool = True) -> dict[str, Any]:
     """Run metadata, download and score in order; return the three reports."""
-    from pipeline.download import summary_lines, run_download
+    from pipeline.download import run_download, summary_lines
     from pipeline.metadata import run_metadata
     from pipeline.score import run_score
 
