@@ -249,6 +249,14 @@ def _index_entry(rec: dict[str, Any]) -> dict[str, Any]:
     return {k: rec[k] for k in (S.KEY, S.SOURCE, S.URL, S.CAPTION, S.SPLIT)}
 
 
+def image_dedup_key(rec: dict[str, Any], caption_sources: frozenset[str]) -> str:
+    """sha256 of the stored image; with the caption for ``dedup: url_caption``
+    sources, whose several captions of one image are distinct pairs."""
+    if rec[S.SOURCE] in caption_sources:
+        return f"{rec[S.SHA256]}\x1f{rec[S.CAPTION]}"
+    return rec[S.SHA256]
+
+
 def pick_sha_winner(element: tuple[str, list[dict[str, Any]]]) -> Iterator[Any]:
     """Keep the smallest key of a group of identical images; reject the others."""
     _, entries = element
@@ -388,9 +396,10 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, shards: list[SH.DownloadShard]
 
     index = kept | "IndexEntry" >> beam.Map(_index_entry)
     if cfg.score.dedup_images:
+        caption_sources = frozenset(s.name for s in cfg.sources if s.dedup == "url_caption")
         dedup = (
             kept
-            | "BySha256" >> beam.Map(lambda r: (r[S.SHA256], _index_entry(r)))
+            | "BySha256" >> beam.Map(lambda r: (image_dedup_key(r, caption_sources), _index_entry(r)))
             | "GroupSha256" >> beam.GroupByKey()
             | "PickWinner" >> beam.FlatMap(pick_sha_winner).with_outputs(REJECTS, COUNTS, main="winners")
         )
