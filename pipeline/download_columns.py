@@ -1,4 +1,4 @@
-"""Column names of stage 2's output that pipeline.schema does not (yet) define.
+"""How stage 1's columns map onto img2dataset's input and output (names from pipeline.schema).
 
 img2dataset fixes most of them (status, error_message, original_width ...);
 zhclip adds ``error_class`` and renames two stage-1 columns that would collide
@@ -10,23 +10,20 @@ from __future__ import annotations
 
 from pipeline import schema as S
 
-# img2dataset's own columns in {shard}.parquet.
-STATUS = "status"
-ERROR_MESSAGE = "error_message"
+# The names themselves live in pipeline.schema; re-exported for stage 2's modules.
+STATUS = S.STATUS
+ERROR_MESSAGE = S.ERROR_MESSAGE
 RESIZED_WIDTH = S.WIDTH  # img2dataset writes the stored (resized) size as width/height
 RESIZED_HEIGHT = S.HEIGHT
-ORIGINAL_WIDTH = "original_width"  # size of the image as downloaded: trust this one
-ORIGINAL_HEIGHT = "original_height"
-
-STATUS_SUCCESS = "success"
-STATUS_FAILED_TO_DOWNLOAD = "failed_to_download"
-STATUS_FAILED_TO_RESIZE = "failed_to_resize"
-
-# zhclip's additions.
-ERROR_CLASS = "error_class"  # filters.download_errors class of error_message
-SOURCE_WIDTH = "source_width"  # stage 1's width/height: what the source claimed
-SOURCE_HEIGHT = "source_height"
-INTERNAL_KEY = "_zhclip_key"  # stage-1 key on its way through img2dataset
+ORIGINAL_WIDTH = S.ORIGINAL_WIDTH
+ORIGINAL_HEIGHT = S.ORIGINAL_HEIGHT
+STATUS_SUCCESS = S.STATUS_SUCCESS
+STATUS_FAILED_TO_DOWNLOAD = S.STATUS_FAILED_TO_DOWNLOAD
+STATUS_FAILED_TO_RESIZE = S.STATUS_FAILED_TO_RESIZE
+ERROR_CLASS = S.ERROR_CLASS
+SOURCE_WIDTH = S.SOURCE_WIDTH
+SOURCE_HEIGHT = S.SOURCE_HEIGHT
+INTERNAL_KEY = S.INTERNAL_KEY
 
 # Stage-1 columns renamed on the way in (img2dataset owns key/width/height).
 RENAMED_ON_INPUT = {S.KEY: INTERNAL_KEY, S.WIDTH: SOURCE_WIDTH, S.HEIGHT: SOURCE_HEIGHT}

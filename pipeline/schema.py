@@ -141,6 +141,21 @@ def reject_table(
     )
 
 
+# --- stage 2: downloads (img2dataset's {shard}.parquet) ----------------------
+# img2dataset's own columns; width/height there are the stored (resized) size.
+STATUS = "status"
+ERROR_MESSAGE = "error_message"
+ORIGINAL_WIDTH = "original_width"  # size of the image as downloaded: trust this one
+ORIGINAL_HEIGHT = "original_height"
+STATUS_SUCCESS = "success"
+STATUS_FAILED_TO_DOWNLOAD = "failed_to_download"
+STATUS_FAILED_TO_RESIZE = "failed_to_resize"
+# zhclip's additions and renames (img2dataset owns key/width/height on input).
+ERROR_CLASS = "error_class"  # filters.download_errors class of error_message
+SOURCE_WIDTH = "source_width"  # stage 1's width/height: what the source claimed
+SOURCE_HEIGHT = "source_height"
+INTERNAL_KEY = "_zhclip_key"  # stage-1 key on its way through img2dataset
+
 # --- stage 3: final shards (parquet sidecar / per-sample json) --------------
 SCORE = "score"
 SHA256 = "sha256"

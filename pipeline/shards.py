@@ -59,8 +59,8 @@ JSON_FIELDS = [c for c in S.DATASET_COLUMNS if c != S.CAPTION]
 # the parquet ``key`` column and the json member, and names tar members
 # member_stem(key); plain img2dataset output uses its numeric key for all three.
 I2D_KEY = S.KEY
-I2D_STATUS = "status"
-I2D_SUCCESS = "success"
+I2D_STATUS = S.STATUS
+I2D_SUCCESS = S.STATUS_SUCCESS
 I2D_CAPTION = "caption"
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 UNKNOWN_SOURCE = "unknown"
