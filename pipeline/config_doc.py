@@ -63,5 +63,27 @@ def config_reference_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
+START = "<!-- config-reference:start -->"
+END = "<!-- config-reference:end -->"
+
+
+def with_reference(readme: str) -> str:
+    """``readme`` with the text between the reference markers regenerated."""
+    head, sep, rest = readme.partition(START)
+    _, sep2, tail = rest.partition(END)
+    if not sep or not sep2:
+        raise ValueError(f"README lacks the {START} / {END} markers")
+    return f"{head}{START}\n{config_reference_markdown()}{END}{tail}"
+
+
 if __name__ == "__main__":
-    print(config_reference_markdown(), end="")
+    import sys
+
+    if len(sys.argv) == 3 and sys.argv[1] == "--write":
+        path = sys.argv[2]
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(with_reference(text))
+    else:
+        print(config_reference_markdown(), end="")

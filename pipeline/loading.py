@@ -52,8 +52,34 @@ def load_hf_dataset(folder: str, split: str = SH.SPLIT_TRAIN, builder: str = "we
     files = SH.list_dataset_shards(folder, split, ext=ext)
     if not files:
         raise FileNotFoundError(f"no {split} shards in {folder}")
+    if builder == "webdataset" and "features" not in kwargs:
+        # Without explicit features the builder guesses the json types from the
+        # first samples, and a shard whose scores start as null then fails on
+        # the first real score ("cannot cast double to null").
+        kwargs["features"] = webdataset_features()
     return datasets.load_dataset(builder, data_files={split: files}, split=split,
                                  streaming=streaming, **kwargs)
+
+
+def webdataset_features():
+    """``datasets.Features`` of one final-shard sample: jpg, txt and the typed json."""
+    import datasets
+
+    json_fields = {f.name: datasets.Value(_hf_type(f.type)) for f in S.DATASET_SCHEMA
+                   if f.name in SH.JSON_FIELDS}
+    return datasets.Features({"jpg": datasets.Image(), "txt": datasets.Value("string"),
+                              "json": json_fields, "__key__": datasets.Value("string"),
+                              "__url__": datasets.Value("string")})
+
+
+def _hf_type(arrow_type) -> str:
+    import pyarrow as pa
+
+    if pa.types.is_floating(arrow_type):
+        return "float64"
+    if pa.types.is_integer(arrow_type):
+        return "int64"
+    return "string"
 
 
 class ZhclipIterableDataset(IterableDataset):
