@@ -53,7 +53,7 @@ setup(
     extras_require={
         "train": ["tensorboard"],
         "dataflow": ["apache-beam[gcp]==2.77.0"],
-        "dev": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "ruff>=0.6", "build"],
+        "dev": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "ruff>=0.6"],
     },
     entry_points={"console_scripts": ["zhclip=pipeline.cli:main"]},
 )
