@@ -229,10 +229,11 @@ class Config(_Strict):
         return v
 
 
-def _format_validation_error(err: ValidationError, origin: str) -> str:
+def format_validation_error(err: ValidationError, origin: str, prefix: str = "") -> str:
+    """One line per problem, each naming the dotted key (with ``prefix``)."""
     lines = [f"invalid config ({origin}):"]
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
+        loc = prefix + ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             lines.append(f"  unknown key '{loc}' (check the spelling; see README 'Configuration')")
         else:
@@ -281,7 +282,15 @@ def config_from_dict(
     try:
         return Config.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, origin)) from None
+        raise ConfigError(format_validation_error(err, origin)) from None
+
+
+def config_from_args(args) -> Config:
+    """The config of a parsed command line: --config, --set, and --output if the command has it."""
+    overrides = list(getattr(args, "overrides", []) or [])
+    if getattr(args, "output", None):
+        overrides.append(f"output={args.output}")
+    return load_config(getattr(args, "config", None), overrides)
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:

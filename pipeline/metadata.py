@@ -32,7 +32,7 @@ from filters.rules import RuleSet, apply_rules
 from pipeline import paths
 from pipeline import report as R
 from pipeline import schema as S
-from pipeline.config import Config, config_to_dict, load_config
+from pipeline.config import Config, config_from_args, config_to_dict
 
 REJECTS = "rejects"
 COUNTS = "counts"
@@ -339,10 +339,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, beam_args: list[str]) -> int:
-    overrides = list(args.overrides)
-    if args.output:
-        overrides.append(f"output={args.output}")
-    cfg = load_config(args.config, overrides)
+    cfg = config_from_args(args)
     report = run_metadata(cfg, beam_args)
     if not args.quiet:
         R.print_funnel(report, "stage 1 (metadata) funnel")

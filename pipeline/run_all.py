@@ -11,7 +11,7 @@ import argparse
 from typing import Any
 
 from pipeline import report as R
-from pipeline.config import Config, load_config
+from pipeline.config import Config, config_from_args
 
 
 def run_all(cfg: Config, beam_args: list[str] | None = None, progress: bool = True,
@@ -41,10 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, beam_args: list[str]) -> int:
-    overrides = list(args.overrides)
-    if args.output:
-        overrides.append(f"output={args.output}")
-    cfg = load_config(args.config, overrides)
+    cfg = config_from_args(args)
     reports = run_all(cfg, beam_args, progress=not args.no_progress)
     ok = (reports["metadata"]["total"]["balanced"] and reports["download"]["accounting"]["ok"]
           and reports["score"]["total"]["balanced"])

@@ -42,7 +42,7 @@ from pipeline import paths
 from pipeline import report as R
 from pipeline import schema as S
 from pipeline import shards as SH
-from pipeline.config import Config, ConfigError, config_to_dict, load_config
+from pipeline.config import Config, ConfigError, config_from_args, config_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -537,10 +537,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, beam_args: list[str]) -> int:
-    overrides = list(args.overrides)
-    if args.output:
-        overrides.append(f"output={args.output}")
-    cfg = load_config(args.config, overrides)
+    cfg = config_from_args(args)
     report = run_score(cfg, beam_args, downloads=args.downloads)
     if not args.quiet:
         R.print_funnel(report, "stage 3 (score) funnel")

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipeline.config import Config, ConfigError
+from pipeline.config import Config, ConfigError, format_validation_error
 
 
 class _Strict(BaseModel):
@@ -151,23 +151,12 @@ def fill_stage_defaults(stage: StageConfig, index: int, image_model: str) -> Sta
     return StageConfig(**values)
 
 
-def _format(err: ValidationError) -> str:
-    lines = ["invalid train config:"]
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        if e["type"] == "extra_forbidden":
-            lines.append(f"  unknown key 'train.{loc}' (check the spelling)")
-        else:
-            lines.append(f"  'train.{loc}': {e['msg']}")
-    return "\n".join(lines)
-
-
 def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """Validate a ``train:`` mapping; errors name the key, as ConfigError."""
     try:
         return TrainConfig.model_validate(data or {})
     except ValidationError as err:
-        raise ConfigError(_format(err)) from None
+        raise ConfigError(format_validation_error(err, "train section", prefix="train.")) from None
 
 
 def resolve_paths(cfg: TrainConfig, output_root: str | Path) -> TrainConfig:
