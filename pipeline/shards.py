@@ -427,7 +427,7 @@ def list_dataset_shards(folder: str, split: str | None = None, ext: str = "tar")
     return out
 
 
-def _group_tar_members(stream: Any) -> Iterator[tuple[str, dict[str, bytes], str | None]]:
+def group_tar_members(stream: Any) -> Iterator[tuple[str, dict[str, bytes], str | None]]:
     """Yield (stem, {ext: bytes}, error) per consecutive sample of a tar stream.
 
     A tar cut short ends the iteration with the error of the last group, so
@@ -462,7 +462,7 @@ def _group_tar_members(stream: Any) -> Iterator[tuple[str, dict[str, bytes], str
 def iter_shard(tar_uri: str) -> Iterator[ShardSample]:
     """Samples of a final shard, in file order (key from the json member)."""
     with paths.open_input(tar_uri) as f:
-        for stem, members, error in _group_tar_members(f):
+        for stem, members, error in group_tar_members(f):
             if error:
                 raise ValueError(f"{tar_uri}: damaged tar ({error})")
             meta = json.loads(members.get(S.MEMBER_JSON, b"{}").decode("utf-8"))
@@ -592,7 +592,7 @@ def read_download_shard(shard: DownloadShard) -> DownloadShardContents:
     if shard.tar is not None:
         try:
             with paths.open_input(shard.tar) as f:
-                for stem, group, error in _group_tar_members(f):
+                for stem, group, error in group_tar_members(f):
                     if stem:
                         members.setdefault(stem, {}).update(group)
                     if error:
