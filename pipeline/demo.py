@@ -165,16 +165,12 @@ def main(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def inspect_outputs(out: Path) -> None:
-    """Print shard stats and write the report PNG and browse page (zhclip shards ...)."""
-    try:
-        from pipeline import shards_cli
-    except ImportError:
-        return
-    run = getattr(shards_cli, "run_subcommand", None)
-    if run is None:
-        return
-    _section("zhclip shards stats " + str(out / "dataset"))
-    run(["stats", str(out / "dataset")])
-    _section("zhclip shards report / browse")
-    run(["report", str(out)])
-    run(["browse", str(out / "dataset"), "--out", str(out / "browse")])
+    """What `zhclip shards stats / report / browse` print and write for the demo output."""
+    from pipeline.cli import main as cli_main
+
+    _section(f"zhclip shards stats {out / 'dataset'}")
+    cli_main(["shards", "stats", str(out / "dataset")])
+    _section(f"zhclip shards report {out}")
+    cli_main(["shards", "report", str(out), "--out", str(out / "report")])
+    _section(f"zhclip shards browse {out / 'dataset'}")
+    cli_main(["shards", "browse", str(out / "dataset"), "--out", str(out / "browse")])

@@ -197,6 +197,9 @@ def _write_wukong(folder: Path, imgs: list[Drawn], url: dict, rng: random.Random
     for j, cap in enumerate(BLACKLISTED[4:]):
         w.writerow([url[imgs[j].name] + f"?w={j}", cap])
     w.writerow([url[laion_imgs[1].name], "与LAION重复的一张红色图片"])  # cross-source duplicate
+    base = url[imgs[0].name].rsplit("/images/", 1)[0]
+    w.writerow([f"{base}/images/deleted-long-ago.jpg", "一张已经被删除的蓝色圆形图片"])  # dead link: 404
+    w.writerow([f"{base}/vg/zh.tsv", "链接指向的不是图片而是文本文件"])  # not an image
     data = buf.getvalue().encode("utf-8")
     data += b"http://img.example.com/a.jpg,broken,extra,fields\n"  # wrong field count
     data += b"http://img.example.com/b.jpg,\xff\xfe invalid utf-8 caption\n"

@@ -64,3 +64,10 @@ def test_policies_and_caption_aware_image_dedup(run_out):
     per_image = Counter(coco.column(S.SHA256).to_pylist())
     assert max(per_image.values()) >= 2
     assert all(c.strip() for c in coco.column(S.CAPTION_ORIG).to_pylist())
+
+
+def test_download_failures_are_recorded_with_their_class(run_out):
+    _, out = run_out
+    down = json.loads((out / "report" / "download.json").read_text())
+    assert down["total"]["failed_to_download"].get("http_4xx") == 1  # the sample's dead link
+    assert sum(down["total"]["failed_to_resize"].values()) == 1  # a text file served as an image
