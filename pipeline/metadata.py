@@ -6,6 +6,11 @@ are vectorised. The job reads like its description::
     files | ReadSources | TranslateCaptions | ApplyRules | DedupByUrl | WriteUrlShards
 
 with every reject flowing to WriteRejects and every count to WriteReport.
+The two shuffles (URL buckets for dedup, key buckets for rejects) move file
+names, not rows: each table is split by bucket into Arrow IPC part files under
+OUT/_tmp/metadata, and a bucket's step reads its parts back. Beam's DirectRunner
+holds a shuffle's whole input in memory, so moving rows through it made peak
+memory grow with the input; this way it stays at about one bucket.
 Outputs under OUT: metadata/{bucket:05d}-{part:04d}.parquet (URL shards that
 img2dataset's Downloader reads), rejects/metadata-{bucket:05d}.parquet and
 report/metadata.json.
@@ -17,6 +22,7 @@ import argparse
 import json
 import logging
 import time
+import uuid
 from typing import Any
 
 import apache_beam as beam
@@ -24,6 +30,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -77,8 +84,15 @@ def plan_inputs(cfg: Config) -> list[tuple[str, str]]:
     return files
 
 
+def remove_spill(out: str) -> None:
+    fs, inner = paths.filesystem_for(paths.join(out, TMP_DIR, "metadata"))
+    if fs.get_file_info(inner).type != pafs.FileType.NotFound:
+        fs.delete_dir(inner)
+
+
 def clear_outputs(out: str) -> None:
     """Remove a previous run's stage-1 files so a rerun cannot mix old shards in."""
+    remove_spill(out)
     for f in paths.list_files(paths.join(out, METADATA_DIR), ".parquet"):
         paths.remove(f)
     for f in paths.list_files(paths.join(out, REJECTS_DIR), ".parquet"):
@@ -130,9 +144,62 @@ class ApplyRulesFn(beam.DoFn):
             yield kept
 
 
-def _partition_by_url(table: pa.Table, n_buckets: int, caption_sources: frozenset[str]):
-    table, hashes = with_dedup_hash(table, caption_sources)
-    yield from partition_table(table, (hashes % np.uint64(n_buckets)).astype(np.int64))
+TMP_DIR = "_tmp"
+
+
+def spill_folder(out: str, kind: str) -> str:
+    return paths.join(out, TMP_DIR, "metadata", kind)
+
+
+def write_part(folder: str, bucket: int, table: pa.Table) -> str:
+    """Write one bucket's part as an Arrow IPC file under a fresh name; return its path.
+
+    A retried bundle writes new names; only the paths of the attempt Beam
+    commits reach the bucket step, and the driver removes the folder at the end.
+    """
+    path = paths.join(folder, f"{bucket:05d}", f"{uuid.uuid4().hex}.arrow")
+    fs, inner = paths.filesystem_for(path)
+    fs.create_dir(inner.rpartition("/")[0], recursive=True)
+    with fs.open_output_stream(inner) as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    return path
+
+
+def read_parts(part_paths) -> pa.Table:
+    tables = []
+    for path in sorted(part_paths):
+        fs, inner = paths.filesystem_for(path)
+        with fs.open_input_file(inner) as f:
+            tables.append(pa.ipc.open_file(f).read_all())
+    return pa.concat_tables(tables).combine_chunks()
+
+
+class SpillByUrl(beam.DoFn):
+    """Rows -> (URL bucket, part file): every copy of a URL lands in one bucket."""
+
+    def __init__(self, out: str, n_buckets: int, caption_sources: frozenset[str]):
+        self._folder = spill_folder(out, "rows")
+        self._n = n_buckets
+        self._caption_sources = caption_sources
+
+    def process(self, table: pa.Table):
+        table, hashes = with_dedup_hash(table, self._caption_sources)
+        for bucket, part in partition_table(table, (hashes % np.uint64(self._n)).astype(np.int64)):
+            yield bucket, write_part(self._folder, bucket, part)
+
+
+class SpillRejects(beam.DoFn):
+    """Reject rows -> (key bucket, part file), so each rejects file is written once."""
+
+    def __init__(self, out: str, n_buckets: int):
+        self._folder = spill_folder(out, "rejects")
+        self._n = n_buckets
+
+    def process(self, table: pa.Table):
+        keys = table.column(S.KEY).combine_chunks().fill_null("")
+        hashes = pl.from_arrow(keys).hash(seed=7).to_numpy()
+        for bucket, part in partition_table(table, (hashes % np.uint64(self._n)).astype(np.int64)):
+            yield bucket, write_part(self._folder, bucket, part)
 
 
 class DedupBucket(beam.DoFn):
@@ -141,10 +208,9 @@ class DedupBucket(beam.DoFn):
     def __init__(self, caption_sources: frozenset[str]):
         self._caption_sources = caption_sources
 
-    def process(self, element: tuple[int, list[pa.Table]]):
-        bucket, tables = element
-        table = pa.concat_tables(list(tables)).combine_chunks()
-        kept, rejects = dedup_by_url(table, self._caption_sources)
+    def process(self, element: tuple[int, list[str]]):
+        bucket, part_paths = element
+        kept, rejects = dedup_by_url(read_parts(part_paths), self._caption_sources)
         if rejects.num_rows:
             yield beam.pvalue.TaggedOutput(REJECTS, rejects)
         yield bucket, kept
@@ -174,21 +240,15 @@ class WriteUrlShards(beam.DoFn):
             yield R.counts(item["values"], kept=item["counts"])
 
 
-def _reject_buckets(table: pa.Table, n_buckets: int):
-    keys = table.column(S.KEY).combine_chunks().fill_null("")
-    hashes = pl.from_arrow(keys).hash(seed=7).to_numpy()
-    yield from partition_table(table, (hashes % np.uint64(n_buckets)).astype(np.int64))
-
-
 class WriteRejects(beam.DoFn):
     """One bucket of reject tables -> rejects/metadata-{bucket}.parquet, sorted."""
 
     def __init__(self, out: str):
         self._out = out
 
-    def process(self, element: tuple[int, list[pa.Table]]):
-        bucket, tables = element
-        table = pa.concat_tables(list(tables)).sort_by([(S.KEY, "ascending"), (S.REASON, "ascending")])
+    def process(self, element: tuple[int, list[str]]):
+        bucket, part_paths = element
+        table = read_parts(part_paths).sort_by([(S.KEY, "ascending"), (S.REASON, "ascending")])
         paths.write_parquet_atomic(table, paths.join(self._out, REJECTS_DIR, f"metadata-{bucket:05d}.parquet"))
         Metrics.counter("zhclip.metadata", "rejected").inc(table.num_rows)
         grouped = table.group_by([S.SOURCE, S.REASON]).aggregate([([], "count_all")])
@@ -216,31 +276,33 @@ def _count_only(table_counts: R.Counts) -> R.Counts:
 
 # --------------------------------------------------------- composite transforms
 class DedupByUrl(beam.PTransform):
-    """Hash-partition tables by normalised URL, group per bucket, dedup each bucket."""
+    """Spill tables by URL bucket, group each bucket's parts, dedup each bucket."""
 
-    def __init__(self, n_buckets: int, caption_sources: frozenset[str] = frozenset()):
+    def __init__(self, out: str, n_buckets: int, caption_sources: frozenset[str] = frozenset()):
         super().__init__()
+        self._out = out
         self._n = n_buckets
         self._caption_sources = caption_sources
 
     def expand(self, tables):
         return (
             tables
-            | "PartitionByUrl" >> beam.FlatMap(_partition_by_url, self._n, self._caption_sources)
+            | "SpillByUrl" >> beam.ParDo(SpillByUrl(self._out, self._n, self._caption_sources))
             | "GroupBucket" >> beam.GroupByKey()
             | "Dedup" >> beam.ParDo(DedupBucket(self._caption_sources)).with_outputs(REJECTS, main="kept")
         )
 
 
 class WriteRejectShards(beam.PTransform):
-    def __init__(self, out: str, n_buckets: int):
-        super().__init__()
-        self._out, self._n = out, n_buckets
+    """(bucket, part file) pairs of rejects -> one sorted rejects file per bucket."""
 
-    def expand(self, rejects):
+    def __init__(self, out: str):
+        super().__init__()
+        self._out = out
+
+    def expand(self, spilled):
         return (
-            rejects
-            | "PartitionByKey" >> beam.FlatMap(_reject_buckets, self._n)
+            spilled
             | "GroupRejects" >> beam.GroupByKey()
             | "Write" >> beam.ParDo(WriteRejects(self._out))
         )
@@ -290,15 +352,17 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, files: list[tuple[str, str]]) 
     ruled = rows | "ApplyRules" >> beam.ParDo(ApplyRulesFn(rules)).with_outputs(REJECTS, main="kept")
     reject_parts.append(ruled[REJECTS])
     caption_sources = frozenset(s.name for s in cfg.sources if s.dedup == "url_caption")
-    deduped = ruled.kept | "DedupByUrl" >> DedupByUrl(n_buckets, caption_sources)
+    deduped = ruled.kept | "DedupByUrl" >> DedupByUrl(out, n_buckets, caption_sources)
     reject_parts.append(deduped[REJECTS])
 
     kept_counts = deduped.kept | "WriteUrlShards" >> beam.ParDo(
         WriteUrlShards(out, cfg.metadata.rows_per_shard)
     )
-    reject_counts = (
-        tuple(reject_parts) | "AllRejects" >> beam.Flatten() | "WriteRejects" >> WriteRejectShards(out, n_buckets)
-    )
+    spilled = [
+        part | f"SpillRejects{i}" >> beam.ParDo(SpillRejects(out, n_buckets))
+        for i, part in enumerate(reject_parts)
+    ]
+    reject_counts = tuple(spilled) | "AllRejects" >> beam.Flatten() | "WriteRejects" >> WriteRejectShards(out)
     extra = {"config": cfg_dict, "inputs": len(files)}
     (
         (count_parts[0], kept_counts, reject_counts)
@@ -321,6 +385,7 @@ def run_metadata(cfg: Config, beam_args: list[str] | None = None) -> dict[str, A
     started = time.time()
     with beam.Pipeline(options=pipeline_options(beam_args or [])) as p:
         build_pipeline(p, cfg, files)
+    remove_spill(cfg.output)
     report_path = paths.join(cfg.output, REPORT_DIR, "metadata.json")
     if not paths.exists(report_path):
         # No rows at all reached the counts (empty inputs): still write a report.

@@ -70,7 +70,8 @@ def _read_parquet(src: SourceConfig, path: str, m: dict[str, str]) -> Iterator[S
     if missing:
         raise ValueError(f"{path}: columns {missing} not found; has {dataset.schema.names}")
     stem, seen = file_stem(path), 0
-    for rb in dataset.to_batches(columns=list(dict.fromkeys(m.values())), batch_size=src.batch_rows):
+    for rb in dataset.to_batches(columns=list(dict.fromkeys(m.values())), batch_size=src.batch_rows,
+                                  batch_readahead=1, fragment_readahead=1):
         cols = {}
         for k, theirs in m.items():
             arr = rb.column(theirs)

@@ -71,7 +71,8 @@ def read(src: SourceConfig, path: str) -> Iterator[SourceBatch]:
     total_rows = dataset.count_rows()
     matched = 0
     stem = file_stem(path)
-    for rb in dataset.to_batches(columns=list(wanted), filter=flt, batch_size=src.batch_rows):
+    for rb in dataset.to_batches(columns=list(wanted), filter=flt, batch_size=src.batch_rows,
+                                  batch_readahead=1, fragment_readahead=1):
         if rb.num_rows == 0:
             continue
         cols = {ours: rb.column(theirs) for theirs, ours in wanted.items()}
