@@ -43,11 +43,6 @@ def dedup_hashes(table: pa.Table, caption_sources: frozenset[str] = frozenset())
     return pl.from_arrow(keys).hash(seed=_HASH_SEED).to_numpy()
 
 
-def url_buckets(table: pa.Table, n_buckets: int, caption_sources: frozenset[str] = frozenset()) -> np.ndarray:
-    """Bucket number of every row, from its dedup key."""
-    return (dedup_hashes(table, caption_sources) % np.uint64(n_buckets)).astype(np.int64)
-
-
 def with_dedup_hash(table: pa.Table, caption_sources: frozenset[str] = frozenset()) -> tuple[pa.Table, np.ndarray]:
     """Attach the dedup hash as a column, so the dedup step need not recompute keys."""
     h = dedup_hashes(table, caption_sources)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import time
 import uuid
 from typing import Any
@@ -46,9 +45,7 @@ COUNTS = "counts"
 METADATA_DIR = "metadata"
 REJECTS_DIR = "rejects"
 REPORT_DIR = "report"
-REJECT_BUCKETS_MIN = 1
 
-log = logging.getLogger("zhclip.metadata")
 
 
 # --------------------------------------------------------------------- driver
@@ -270,10 +267,6 @@ class MergeCounts(beam.CombineFn):
         return acc
 
 
-def _count_only(table_counts: R.Counts) -> R.Counts:
-    return table_counts
-
-
 # --------------------------------------------------------- composite transforms
 class DedupByUrl(beam.PTransform):
     """Spill tables by URL bucket, group each bucket's parts, dedup each bucket."""
@@ -372,8 +365,7 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, files: list[tuple[str, str]]) 
 
 
 def pipeline_options(beam_args: list[str]) -> PipelineOptions:
-    opts = PipelineOptions(beam_args)
-    return opts
+    return PipelineOptions(beam_args)
 
 
 def run_metadata(cfg: Config, beam_args: list[str] | None = None) -> dict[str, Any]:
