@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-import uuid
 from typing import Any
 
 import apache_beam as beam
@@ -29,7 +28,6 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -39,6 +37,7 @@ from pipeline import paths
 from pipeline import report as R
 from pipeline import schema as S
 from pipeline.config import Config, config_from_args, config_to_dict
+from pipeline.spill import read_parts, remove_spill, spill_folder, write_part
 
 REJECTS = "rejects"
 COUNTS = "counts"
@@ -81,15 +80,9 @@ def plan_inputs(cfg: Config) -> list[tuple[str, str]]:
     return files
 
 
-def remove_spill(out: str) -> None:
-    fs, inner = paths.filesystem_for(paths.join(out, TMP_DIR, "metadata"))
-    if fs.get_file_info(inner).type != pafs.FileType.NotFound:
-        fs.delete_dir(inner)
-
-
 def clear_outputs(out: str) -> None:
     """Remove a previous run's stage-1 files so a rerun cannot mix old shards in."""
-    remove_spill(out)
+    remove_spill(out, "metadata")
     for f in paths.list_files(paths.join(out, METADATA_DIR), ".parquet"):
         paths.remove(f)
     for f in paths.list_files(paths.join(out, REJECTS_DIR), ".parquet"):
@@ -141,62 +134,32 @@ class ApplyRulesFn(beam.DoFn):
             yield kept
 
 
-TMP_DIR = "_tmp"
-
-
-def spill_folder(out: str, kind: str) -> str:
-    return paths.join(out, TMP_DIR, "metadata", kind)
-
-
-def write_part(folder: str, bucket: int, table: pa.Table) -> str:
-    """Write one bucket's part as an Arrow IPC file under a fresh name; return its path.
-
-    A retried bundle writes new names; only the paths of the attempt Beam
-    commits reach the bucket step, and the driver removes the folder at the end.
-    """
-    path = paths.join(folder, f"{bucket:05d}", f"{uuid.uuid4().hex}.arrow")
-    fs, inner = paths.filesystem_for(path)
-    fs.create_dir(inner.rpartition("/")[0], recursive=True)
-    with fs.open_output_stream(inner) as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
-    return path
-
-
-def read_parts(part_paths) -> pa.Table:
-    tables = []
-    for path in sorted(part_paths):
-        fs, inner = paths.filesystem_for(path)
-        with fs.open_input_file(inner) as f:
-            tables.append(pa.ipc.open_file(f).read_all())
-    return pa.concat_tables(tables).combine_chunks()
-
-
 class SpillByUrl(beam.DoFn):
     """Rows -> (URL bucket, part file): every copy of a URL lands in one bucket."""
 
     def __init__(self, out: str, n_buckets: int, caption_sources: frozenset[str]):
-        self._folder = spill_folder(out, "rows")
+        self._folder = spill_folder(out, "metadata", "rows")
         self._n = n_buckets
         self._caption_sources = caption_sources
 
     def process(self, table: pa.Table):
         table, hashes = with_dedup_hash(table, self._caption_sources)
         for bucket, part in partition_table(table, (hashes % np.uint64(self._n)).astype(np.int64)):
-            yield bucket, write_part(self._folder, bucket, part)
+            yield bucket, write_part(self._folder, part, f"{bucket:05d}")
 
 
 class SpillRejects(beam.DoFn):
     """Reject rows -> (key bucket, part file), so each rejects file is written once."""
 
     def __init__(self, out: str, n_buckets: int):
-        self._folder = spill_folder(out, "rejects")
+        self._folder = spill_folder(out, "metadata", "rejects")
         self._n = n_buckets
 
     def process(self, table: pa.Table):
         keys = table.column(S.KEY).combine_chunks().fill_null("")
         hashes = pl.from_arrow(keys).hash(seed=7).to_numpy()
         for bucket, part in partition_table(table, (hashes % np.uint64(self._n)).astype(np.int64)):
-            yield bucket, write_part(self._folder, bucket, part)
+            yield bucket, write_part(self._folder, part, f"{bucket:05d}")
 
 
 class DedupBucket(beam.DoFn):
@@ -377,7 +340,7 @@ def run_metadata(cfg: Config, beam_args: list[str] | None = None) -> dict[str, A
     started = time.time()
     with beam.Pipeline(options=pipeline_options(beam_args or [])) as p:
         build_pipeline(p, cfg, files)
-    remove_spill(cfg.output)
+    remove_spill(cfg.output, "metadata")
     report_path = paths.join(cfg.output, REPORT_DIR, "metadata.json")
     if not paths.exists(report_path):
         # No rows at all reached the counts (empty inputs): still write a report.

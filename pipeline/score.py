@@ -43,6 +43,7 @@ from pipeline import report as R
 from pipeline import schema as S
 from pipeline import shards as SH
 from pipeline.config import Config, ConfigError, config_from_args, config_to_dict
+from pipeline.spill import read_part, remove_spill, spill_folder, write_part
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,7 @@ class ScoreShard(beam.DoFn):
         cfg = config_from_dict(self._cfg)
         self._score = cfg.score
         self._val_fraction = cfg.shards.val_fraction
+        self._spill = spill_folder(cfg.output, "score", "images")
         self._scorer = self._shared.acquire(lambda: _ScorerHolder(build_scorer(cfg.score))).scorer
         self._index = I.phash_index(self._eval_hashes)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zhclip-decode")
@@ -176,13 +178,19 @@ class ScoreShard(beam.DoFn):
         pending = self._pool.submit(self._prepare, batches[0]) if batches else None
         progress = tqdm(total=len(usable), desc=f"score {shard.name}", unit="pair", leave=False,
                         disable=None, mininterval=2.0)
+        kept: list[dict[str, Any]] = []
         for i in range(len(batches)):
             prepared = pending.result()
             if i + 1 < len(batches):
                 pending = self._pool.submit(self._prepare, batches[i + 1])
-            yield from self._score_batch(prepared, counts, scores)
+            for item in self._score_batch(prepared, counts, scores):
+                if isinstance(item, beam.pvalue.TaggedOutput):
+                    yield item
+                else:
+                    kept.append(item)
             progress.update(len(prepared))
         progress.close()
+        yield from spill_images(kept, self._spill)
         self._shards.inc()
         yield beam.pvalue.TaggedOutput(COUNTS, {
             src: {"rows_in": c.pop("rows_in", 0), "kept": 0, "reasons": dict(c)}
@@ -226,6 +234,39 @@ class ScoreShard(beam.DoFn):
             yield kept_record(p, score, self._val_fraction)
 
 
+IMAGE = "image"
+SPILL_PATH = "spill"
+SPILL_ROW = "spill_row"
+
+
+def spill_images(records: list[dict[str, Any]], folder: str) -> Iterator[dict[str, Any]]:
+    """Move a shard's kept image bytes to one spill file; records keep (path, row).
+
+    The records then cross the key join and the shard grouping without their
+    pixels, which cut the bytes Beam copies through its shuffles to metadata.
+    """
+    if not records:
+        return
+    images = pa.array([r.pop(IMAGE) for r in records], pa.binary())
+    path = write_part(folder, pa.table({IMAGE: images}))
+    for row, rec in enumerate(records):
+        rec[SPILL_PATH], rec[SPILL_ROW] = path, row
+        yield rec
+
+
+def load_images(records: list[dict[str, Any]]) -> list[bytes]:
+    """Image bytes of ``records`` (in order) from their spill files, one read per file."""
+    by_path: dict[str, list[int]] = defaultdict(list)
+    for i, rec in enumerate(records):
+        by_path[rec[SPILL_PATH]].append(i)
+    out: list[bytes] = [b""] * len(records)
+    for path, idx in by_path.items():
+        column = read_part(path).column(IMAGE)
+        for i in idx:
+            out[i] = column[records[i][SPILL_ROW]].as_py()
+    return out
+
+
 def kept_record(p: PreparedSample, score: float | None, val_fraction: float) -> dict[str, Any]:
     """A sample that passed every per-sample rule, as it travels to the writer."""
     s = p.sample
@@ -239,7 +280,7 @@ def kept_record(p: PreparedSample, score: float | None, val_fraction: float) -> 
         S.WIDTH: p.width,
         S.HEIGHT: p.height,
         S.SHA256: p.sha256,
-        "image": p.jpeg,
+        IMAGE: p.jpeg,
         S.SPLIT: SH.split_for_key(s.key, val_fraction),
     }
 
@@ -309,11 +350,12 @@ class WriteShard(beam.DoFn):
     def process(self, element: tuple[tuple[str, int], list[tuple[int, dict[str, Any]]]]):
         (split, index), ranked = element
         ranked = sorted(ranked, key=lambda x: x[0])
+        records = [rec for _, rec in ranked]
         samples = []
         kept: Counter = Counter()
-        for _, rec in ranked:
+        for rec, image in zip(records, load_images(records), strict=True):
             meta = {c: rec.get(c) for c in S.DATASET_COLUMNS}
-            samples.append(SH.ShardSample(rec[S.KEY], rec["image"], rec[S.CAPTION], meta))
+            samples.append(SH.ShardSample(rec[S.KEY], image, rec[S.CAPTION], meta))
             kept[rec[S.SOURCE]] += 1
         info = SH.write_shard(self._folder, split, index, samples)
         yield info.to_json()
@@ -522,8 +564,10 @@ def run_score(cfg: Config, beam_args: list[str] | None = None,
     eval_hashes = eval_image_hashes(cfg.score.decontaminate)
     check_model_paths(cfg)
     started = time.time()
+    remove_spill(cfg.output, "score")
     with beam.Pipeline(options=PipelineOptions(beam_args or [])) as p:
         build_pipeline(p, cfg, shards, eval_hashes)
+    remove_spill(cfg.output, "score")
     report = json.loads(paths.read_text(paths.join(cfg.output, REPORT_DIR, REPORT_NAME)))
     report["seconds"] = round(time.time() - started, 3)
     return report
