@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.dataset as pads
 
 from pipeline import paths
 from pipeline import schema as S
@@ -25,6 +26,10 @@ from pipeline import schema as S
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_\-]{1,80}$")
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_\-]")
 MAX_REJECT_TEXT = 2000  # rejects keep a prefix of huge captions, not 1 MB of text
+# Parquet scans stream one row group at a time. pyarrow's default (pre_buffer)
+# reads every wanted column chunk of the whole file first: a laion2B-multi file
+# holds ~18M rows, so memory would follow the file size, not the batch size.
+STREAMING_SCAN = pads.ParquetFragmentScanOptions(pre_buffer=False)
 
 
 @dataclass

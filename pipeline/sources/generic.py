@@ -16,6 +16,7 @@ from pipeline import paths
 from pipeline import schema as S
 from pipeline.config import SourceConfig
 from pipeline.sources.common import (
+    STREAMING_SCAN,
     SourceBatch,
     as_float,
     as_int,
@@ -71,7 +72,8 @@ def _read_parquet(src: SourceConfig, path: str, m: dict[str, str]) -> Iterator[S
         raise ValueError(f"{path}: columns {missing} not found; has {dataset.schema.names}")
     stem, seen = file_stem(path), 0
     for rb in dataset.to_batches(columns=list(dict.fromkeys(m.values())), batch_size=src.batch_rows,
-                                  batch_readahead=1, fragment_readahead=1):
+                                  batch_readahead=1, fragment_readahead=1,
+                                  fragment_scan_options=STREAMING_SCAN):
         cols = {}
         for k, theirs in m.items():
             arr = rb.column(theirs)

@@ -16,7 +16,7 @@ import pyarrow.dataset as ds
 from pipeline import paths
 from pipeline import schema as S
 from pipeline.config import SourceConfig
-from pipeline.sources.common import SourceBatch, batch, file_stem, rows_table
+from pipeline.sources.common import STREAMING_SCAN, SourceBatch, batch, file_stem, rows_table
 
 # LAION column -> ours. Variants add punsafe / pwatermark / md5.
 COLUMN_MAP = {
@@ -72,7 +72,8 @@ def read(src: SourceConfig, path: str) -> Iterator[SourceBatch]:
     matched = 0
     stem = file_stem(path)
     for rb in dataset.to_batches(columns=list(wanted), filter=flt, batch_size=src.batch_rows,
-                                  batch_readahead=1, fragment_readahead=1):
+                                  batch_readahead=1, fragment_readahead=1,
+                                  fragment_scan_options=STREAMING_SCAN):
         if rb.num_rows == 0:
             continue
         cols = {ours: rb.column(theirs) for theirs, ours in wanted.items()}
