@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
+from tqdm import tqdm
 
 from filters.dedup import dedup_by_url, partition_table, with_dedup_hash
 from filters.rules import RuleSet, apply_rules
@@ -112,13 +113,18 @@ class ReadSources(beam.DoFn):
 
         name, path = element
         src = self._sources[name]
+        # Shown on a terminal only (disable=None); Dataflow workers log counters instead.
+        bar = tqdm(desc=f"stage 1 {name}:{path.rsplit('/', 1)[-1]}", unit=" rows", unit_scale=True,
+                   disable=None, leave=False, mininterval=1.0)
         for b in read_source_file(src, path):
+            bar.update(b.rows_in)
             self._rows_in.inc(b.rows_in)
             yield beam.pvalue.TaggedOutput(COUNTS, R.counts(name, rows_in=b.rows_in, reasons=b.skipped))
             if b.rejects.num_rows:
                 yield beam.pvalue.TaggedOutput(REJECTS, b.rejects)
             if b.rows.num_rows:
                 yield b.rows
+        bar.close()
 
 
 class ApplyRulesFn(beam.DoFn):
