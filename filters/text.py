@@ -26,7 +26,6 @@ _DIRTY_RE2 = (
     r"\x{202f}\x{205f}\x{3000}]|  |^ | $"
 )
 _SPACE_PY = re.compile(r"[\s\u000b\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+")
-_ENTITY_HINT = re.compile(r"&(#?[0-9A-Za-z]+);")
 
 
 def _drop_char(ch: str) -> bool:
@@ -127,6 +126,3 @@ def caption_length_reasons(arr: pa.Array, min_chars: int, max_chars: int) -> pa.
         pa.scalar(None, pa.string()),
     )
 
-
-def has_entity(text: str) -> bool:
-    return bool(_ENTITY_HINT.search(text))

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from filters.addresses import is_blocked_address
+from filters.addresses import is_blocked_address, parse_ip
 from filters.addresses import parse_networks as _parse_networks
 
 _URL_RE2 = (
@@ -32,9 +32,6 @@ _HOST_OK_RE2 = r"^[\p{L}\p{N}_](?:[\p{L}\p{N}_\-]{0,62})(?:\.[\p{L}\p{N}_](?:[\p
 _NUMERIC_HOST_RE2 = r"^(?:0[xX][0-9A-Fa-f]*|[0-9]+)(?:\.(?:0[xX][0-9A-Fa-f]*|[0-9]+))*\.?$"
 _LOCALHOST_RE2 = r"^(?:localhost|.*\.localhost)\.?$"
 
-_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
-
-
 def parse_networks(allow_networks: Sequence[str]) -> tuple:
     """Parse ``allow_networks``; a bad entry raises a ValueError naming it."""
     return _parse_networks(tuple(allow_networks))
@@ -42,11 +39,10 @@ def parse_networks(allow_networks: Sequence[str]) -> tuple:
 
 def literal_address(host: str) -> ipaddress._BaseAddress | None:
     """The IP a host string denotes by itself (no DNS), in any spelling, else None."""
-    h = host.strip("[]").rstrip(".")
-    try:
-        return ipaddress.ip_address(h)
-    except ValueError:
-        pass
+    ip = parse_ip(host)
+    if ip is not None:
+        return ip
+    h = host.rstrip(".")
     try:  # 2130706433, 0x7f.1, 127.1 ... as inet_aton reads them
         return ipaddress.IPv4Address(socket.inet_aton(h))
     except (OSError, ValueError):
@@ -62,7 +58,7 @@ def _fast_url_re(schemes: Sequence[str]) -> str | None:
     if not net:
         return None
     return (
-        rf"^(?:{'|'.join(net)})://[a-z0-9_\-]+(?:\.[a-z0-9_\-]+)*\.[a-z][a-z0-9\-]*\.?"
+        rf"^(?:{'|'.join(net)})://[a-z0-9_][a-z0-9_\-]*(?:\.[a-z0-9_][a-z0-9_\-]*)*\.[a-z][a-z0-9\-]*\.?"
         r"(?::[0-9]{1,5})?(?:[/?#][^\s]*)?$"
     )
 

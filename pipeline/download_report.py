@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 
 import fsspec
 
@@ -118,11 +117,3 @@ def write_report(output: str, report: dict) -> str:
         json.dump(report, f, indent=2, ensure_ascii=False)
     fs.mv(tmp, local)
     return path
-
-
-def class_counts(report: dict) -> Counter:
-    """All failure classes of a report in one Counter (for printing and tests)."""
-    out: Counter = Counter()
-    for field in ("failed_to_download", "failed_to_resize", "rejected_before_download"):
-        out.update(report["total"][field])
-    return out

@@ -16,7 +16,6 @@ written or stale file that happens to sit in the folder.
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -127,10 +126,3 @@ class ZhclipIterableDataset(IterableDataset):
                     image = self.transform(image)
                 meta = {k: v for k, v in sample.meta.items() if k != S.CAPTION}
                 yield {"image": image, "caption": sample.caption, "meta": meta}
-
-
-def decode_json_member(value: bytes | str | dict) -> dict[str, Any]:
-    """The ``json`` member as a dict, whichever loader produced it."""
-    if isinstance(value, dict):
-        return value
-    return json.loads(value)

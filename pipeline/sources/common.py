@@ -244,6 +244,3 @@ def iter_csv(
         if broken:
             yield None, broken[:]
 
-
-def non_null_mask(arr: pa.Array) -> pa.Array:
-    return pc.is_valid(arr)
