@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(BIN)/zhclip demo --output runs/demo
 
 test: $(STAMP)
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -37,6 +37,13 @@ INSTALL_REQUIRES = [
     "torchvision==0.29.1",
 ]
 
+TOP_FOLDERS = ("pipeline", "training", "filters", "blacklist")
+PACKAGES = [
+    f"zhclip.{name}"
+    for top in TOP_FOLDERS
+    for name in [top] + [f"{top}.{sub}" for sub in find_packages(where=top)]
+]
+
 setup(
     name="zhclip",
     version="0.1.0",
@@ -45,15 +52,19 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["pipeline", "pipeline.*", "training", "training.*",
-                                    "filters", "filters.*", "blacklist", "blacklist.*"]),
-    package_data={"blacklist": ["lists/*.txt"]},
+    # The repository keeps the folders users asked for (pipeline/, training/,
+    # filters/, blacklist/); installed, they import as zhclip.<folder>, so a
+    # user's own `training/` or `pipeline/` package never shadows ours (or ours
+    # theirs). `zhclip` itself is a namespace package with no __init__.
+    packages=PACKAGES,
+    package_dir={f"zhclip.{top}": top for top in TOP_FOLDERS},
+    package_data={"zhclip.blacklist": ["lists/*.txt"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "train": ["tensorboard"],
         "dataflow": ["apache-beam[gcp]==2.77.0"],
-        "dev": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "ruff>=0.6"],
+        "dev": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "ruff>=0.6", "import-linter==2.16"],
     },
-    entry_points={"console_scripts": ["zhclip=pipeline.cli:main"]},
+    entry_points={"console_scripts": ["zhclip=zhclip.pipeline.cli:main"]},
 )

@@ -38,13 +38,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from pipeline import schema as S  # noqa: E402
-from pipeline.config import config_from_dict  # noqa: E402
-from pipeline.download import run_download  # noqa: E402
-from pipeline.imageserver import ImageServerProcess  # noqa: E402
+from zhclip.pipeline.core import schema as S  # noqa: E402
+from zhclip.pipeline.core.config import config_from_dict  # noqa: E402
+from zhclip.pipeline.demo.imageserver import ImageServerProcess  # noqa: E402
+from zhclip.pipeline.download.job import run_download  # noqa: E402
 
 IMAGE_SIZE = (320, 240)  # served size; both resize it to 224x224
 

@@ -36,14 +36,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from PIL import Image  # noqa: E402
-
-from pipeline import paths  # noqa: E402
-from pipeline import schema as S  # noqa: E402
-from pipeline import shards as SH  # noqa: E402
+from zhclip.pipeline.core import paths  # noqa: E402
+from zhclip.pipeline.core import schema as S  # noqa: E402
+from zhclip.pipeline.shards import format as SH  # noqa: E402
 
 RSS_TARGET_MB = 300
 CAPTIONS = ["一只猫坐在窗台上晒太阳", "两个孩子在公园里踢足球", "红色的汽车停在路边", "海边的日落非常美丽"]
@@ -106,8 +104,8 @@ def child(mode: str, folder: str) -> dict:
         ok = not SH.verify_dataset(folder, deep=True)
         samples = SH.read_manifest(folder)["total_samples"]
     else:
-        from pipeline import inspect_source as src
-        from pipeline.inspect_verify import verify_folder
+        from zhclip.pipeline.inspect.verify import verify_folder
+        from zhclip.pipeline.shards import reader as src
 
         result = verify_folder(src.open_folder(folder), decode=mode == "verify")
         ok, samples = result.ok, result.samples

@@ -29,8 +29,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 SUBJECTS = ["一只橘猫", "两只小狗", "一位老人", "一群孩子", "一辆红色汽车", "一座古老的寺庙", "一碗牛肉面",
             "一束鲜花", "一片稻田", "一只白鹭", "一架飞机", "几只鸽子", "一位年轻女孩", "一座高楼", "一艘帆船"]
 ACTIONS = ["趴在", "站在", "走在", "停在", "摆在", "飞过", "坐在", "躺在", "出现在", "位于"]
@@ -84,8 +82,8 @@ def baseline(path: Path, out: Path, matcher) -> int:
 
 
 def run_zhclip(path: Path, out: Path) -> dict:
-    from pipeline.config import config_from_dict
-    from pipeline.metadata import run_metadata
+    from zhclip.pipeline.core.config import config_from_dict
+    from zhclip.pipeline.metadata.job import run_metadata
 
     cfg = config_from_dict({
         "output": str(out),
@@ -96,8 +94,8 @@ def run_zhclip(path: Path, out: Path) -> dict:
 
 
 def compare(rows: int, rounds: int) -> None:
-    from filters.rules import RuleSet
-    from pipeline import metadata  # noqa: F401  (import Beam outside the timing, like the matcher)
+    from zhclip.filters.rules import RuleSet
+    from zhclip.pipeline.metadata import job as metadata  # noqa: F401  (import Beam outside the timing, like the matcher)
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -35,19 +35,16 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from download_fixtures import ZH_CAPTIONS, Row, write_download_shard  # noqa: E402
 from PIL import Image  # noqa: E402
-
-from filters import images as I  # noqa: E402
-from filters.scoring import build_scorer  # noqa: E402
-from pipeline import shards as SH  # noqa: E402
-from pipeline.config import config_from_dict, config_to_dict  # noqa: E402
-from pipeline.score import ScoreShard, run_score  # noqa: E402
+from zhclip.filters import images as I  # noqa: E402
+from zhclip.pipeline.core.config import config_from_dict, config_to_dict  # noqa: E402
+from zhclip.pipeline.demo.synthetic import ZH_CAPTIONS, Row, write_download_shard  # noqa: E402
+from zhclip.pipeline.score.backends import build_scorer  # noqa: E402
+from zhclip.pipeline.score.job import ScoreShard, run_score  # noqa: E402
+from zhclip.pipeline.shards import format as SH  # noqa: E402
 
 
 def photo_like_jpeg(seed: int, size: int = 224) -> bytes:
@@ -72,7 +69,7 @@ def write_downloads(folder: Path, pairs: int, shards: int) -> None:
 
 
 def build_models(root: Path, gpu: bool) -> dict[str, str]:
-    from tiny_mclip import build_tiny_mclip, build_tiny_open_clip
+    from zhclip.pipeline.score.tiny_mclip import build_tiny_mclip, build_tiny_open_clip
 
     if not gpu:
         # "Small": a few layers of width 256 on both sides, 224px ViT with 32px patches.
@@ -88,10 +85,9 @@ def build_large_mclip(folder: Path) -> Path:
     """M-CLIP/XLM-Roberta-Large-Vit-B-32 layout and shapes, random weights."""
     import torch
     from safetensors.torch import save_file
-    from tiny_mclip import build_tiny_mclip
     from transformers import XLMRobertaModel
-
-    from pipeline.mclip import base_encoder_config
+    from zhclip.pipeline.score.mclip import base_encoder_config
+    from zhclip.pipeline.score.tiny_mclip import build_tiny_mclip
 
     build_tiny_mclip(folder)  # tokenizer files; its ids are valid in the large vocab
     cfg = base_encoder_config("xlm-roberta-large", folder)

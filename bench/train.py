@@ -33,13 +33,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-from train_fixtures import all_captions, write_shape_dataset, write_vocab  # noqa: E402
+from zhclip.training.fixtures import all_captions, write_shape_dataset, write_vocab  # noqa: E402
 
 SMALL_VIT = {"image_size": 224, "layers": 4, "width": 256, "patch_size": 32, "head_width": 64}
 SMALL_BERT = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
@@ -72,9 +70,9 @@ def write_towers(root: Path, cuda: bool) -> tuple[dict, Path, dict]:
 
 
 def zhclip_trainer(root: Path, image: dict, bert: Path, batch: int, cuda: bool):
-    from training.config import train_config_from_dict
-    from training.runtime import setup_runtime
-    from training.trainer import Trainer
+    from zhclip.training.config import train_config_from_dict
+    from zhclip.training.runtime import setup_runtime
+    from zhclip.training.trainer import Trainer
 
     write_shape_dataset(root / "dataset", n_train=8, n_val=4, per_shard=8, size=64)
     section = {

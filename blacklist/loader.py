@@ -168,4 +168,4 @@ def _content_lines(lines: Iterable[str]) -> Iterable[tuple[int, str]]:
 
 
 def _lists_dir():  # -> importlib.resources.abc.Traversable
-    return resources.files("blacklist") / "lists"
+    return resources.files("zhclip.blacklist") / "lists"

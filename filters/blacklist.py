@@ -35,9 +35,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-
-from blacklist.loader import BlacklistEntry, load_entries
-from pipeline.schema import blacklist_reason
+from zhclip.blacklist.loader import BlacklistEntry, load_entries
+from zhclip.pipeline.core.reasons import blacklist_reason
 
 _NO_ENTRY = np.iinfo(np.int64).max
 # Entries per node of the tree that tells which regex entry hit a row; each

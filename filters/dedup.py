@@ -12,9 +12,9 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-
-from filters.urls import url_dedup_keys
-from pipeline import schema as S
+from zhclip.filters.urls import url_dedup_keys
+from zhclip.pipeline.core import reasons as RS
+from zhclip.pipeline.core import schema as S
 
 _HASH_SEED = 20221102  # fixed: bucket layout must not change between runs
 
@@ -106,7 +106,7 @@ def dedup_by_url(
             losers.column(S.SOURCE),
             losers.column(S.URL),
             losers.column(S.CAPTION),
-            pa.array([S.REASON_DUPLICATE_URL] * losers.num_rows, pa.string()),
+            pa.array([RS.REASON_DUPLICATE_URL] * losers.num_rows, pa.string()),
             pa.array(["metadata"] * losers.num_rows, pa.string()),
         ],
         schema=S.REJECT_SCHEMA,

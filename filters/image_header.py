@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 
-from filters.download_errors import (
+from zhclip.pipeline.core.reasons import (
     EMPTY_BODY,
     NOT_AN_IMAGE,
     TOO_LARGE,

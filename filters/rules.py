@@ -11,10 +11,9 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
-
-from filters.text import caption_length_reasons, normalize_captions
-from filters.urls import parse_networks, url_reasons
-from pipeline import schema as S
+from zhclip.filters.text import caption_length_reasons, normalize_captions
+from zhclip.filters.urls import parse_networks, url_reasons
+from zhclip.pipeline.core import schema as S
 
 
 @dataclass
@@ -49,8 +48,8 @@ class RuleSet:
     @property
     def matcher(self):
         if self._matcher is None:
-            from blacklist.loader import load_entries
-            from filters.blacklist import BlacklistMatcher
+            from zhclip.blacklist.loader import load_entries
+            from zhclip.filters.blacklist import BlacklistMatcher
 
             entries = load_entries(list(self.blacklist_lists), list(self.blacklist_extra_files))
             self._matcher = BlacklistMatcher(entries)

@@ -90,7 +90,7 @@ def caption_length_reason(text: str | None, min_chars: int, max_chars: int) -> s
 
     Length counts Unicode code points, as the paper's 5..50 character rule does.
     """
-    from pipeline.schema import (
+    from zhclip.pipeline.core.reasons import (
         REASON_CAPTION_TOO_LONG,
         REASON_CAPTION_TOO_SHORT,
         REASON_EMPTY_CAPTION,
@@ -108,7 +108,7 @@ def caption_length_reason(text: str | None, min_chars: int, max_chars: int) -> s
 
 def caption_length_reasons(arr: pa.Array, min_chars: int, max_chars: int) -> pa.Array:
     """Arrow version of :func:`caption_length_reason`: null where the caption is kept."""
-    from pipeline.schema import (
+    from zhclip.pipeline.core.reasons import (
         REASON_CAPTION_TOO_LONG,
         REASON_CAPTION_TOO_SHORT,
         REASON_EMPTY_CAPTION,

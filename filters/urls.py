@@ -16,9 +16,8 @@ from collections.abc import Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
-
-from filters.addresses import is_blocked_address, parse_ip
-from filters.addresses import parse_networks as _parse_networks
+from zhclip.filters.addresses import is_blocked_address, parse_ip
+from zhclip.filters.addresses import parse_networks as _parse_networks
 
 _URL_RE2 = (
     r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://"
@@ -102,7 +101,7 @@ def url_reasons(
 def _url_reasons_full(
     urls: pa.Array, schemes: Sequence[str], allow_networks: Sequence[str]
 ) -> pa.Array:
-    from pipeline.schema import REASON_INVALID_URL, REASON_PRIVATE_ADDRESS
+    from zhclip.pipeline.core.reasons import REASON_INVALID_URL, REASON_PRIVATE_ADDRESS
 
     parse_networks(allow_networks)  # a bad entry fails here, naming itself
     allowed_schemes = pa.array([s.lower() for s in schemes], pa.string())

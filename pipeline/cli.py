@@ -13,26 +13,22 @@ import importlib
 import logging
 import sys
 
-from pipeline.config import ConfigError
+from zhclip.pipeline.core.errors import ConfigError, UsageError
 
 # name -> (module, help). Modules are imported only when their command runs,
 # so `zhclip metadata` never pays for importing torch.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "metadata": ("pipeline.metadata", "stage 1: sources -> filtered, deduplicated URL shards"),
-    "download": ("pipeline.download", "stage 2: URL shards -> downloaded image shards"),
-    "score": ("pipeline.score", "stage 3: score, filter and write the final shards"),
-    "run": ("pipeline.run_all", "stages 1 -> 3 in one command"),
-    "demo": ("pipeline.demo", "the whole pipeline on a generated sample, on loopback"),
-    "shards": ("pipeline.shards_cli", "inspect shard folders (ls, stats, head, verify, ...)"),
-    "train": ("training.cli", "two-stage Chinese CLIP pretraining on OUT/dataset"),
+    "metadata": ("zhclip.pipeline.metadata.job", "stage 1: sources -> filtered, deduplicated URL shards"),
+    "download": ("zhclip.pipeline.download.job", "stage 2: URL shards -> downloaded image shards"),
+    "score": ("zhclip.pipeline.score.job", "stage 3: score, filter and write the final shards"),
+    "run": ("zhclip.pipeline.run", "stages 1 -> 3 in one command"),
+    "demo": ("zhclip.pipeline.demo.run", "the whole pipeline on a generated sample, on loopback"),
+    "shards": ("zhclip.pipeline.inspect.cli", "inspect shard folders (ls, stats, head, verify, ...)"),
+    "train": ("zhclip.training.cli", "two-stage Chinese CLIP pretraining on OUT/dataset"),
 }
 
 # Commands whose parser does not take --config/--set (they read shard folders).
 NO_CONFIG = {"shards"}
-
-
-class UsageError(Exception):
-    """Bad command-line input; printed as one line, exit code 2."""
 
 
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:

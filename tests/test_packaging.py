@@ -25,13 +25,13 @@ def test_sdist_contains_blacklists_and_no_tests(tmp_path):
         names = tar.getnames()
     lists = [n for n in names if "/blacklist/lists/" in n and n.endswith(".txt")]
     assert {Path(n).stem for n in lists} >= {"advertising", "filenames", "watermark", "contact"}
-    assert any(n.endswith("pipeline/metadata.py") for n in names)
+    assert any(n.endswith("pipeline/metadata/job.py") for n in names)
     assert not any("/tests/" in n for n in names)
 
 
 def test_console_script_is_declared():
     text = (REPO / "setup.py").read_text()
-    assert "zhclip=pipeline.cli:main" in text
+    assert "zhclip=zhclip.pipeline.cli:main" in text
     exe = Path(sys.executable).parent / "zhclip"
     if exe.exists():  # installed with pip install -e .
         proc = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)

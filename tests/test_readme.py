@@ -15,10 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from pipeline.config_doc import with_reference
-from pipeline.demo import serve_folder
-from pipeline.sample import generate_sample
+from zhclip.pipeline.core.config_doc import with_reference
+from zhclip.pipeline.demo.run import serve_folder
+from zhclip.pipeline.demo.sample import generate_sample
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text(encoding="utf-8")
@@ -32,7 +31,7 @@ def test_readme_starts_with_the_two_commands():
 
 
 def test_config_reference_is_generated_and_current():
-    assert with_reference(README) == README, "run: python -m pipeline.config_doc --write README.md"
+    assert with_reference(README) == README, "run: python -m zhclip.pipeline.core.config_doc --write README.md"
 
 
 def test_marked_blocks_run(tmp_path):
@@ -42,7 +41,7 @@ def test_marked_blocks_run(tmp_path):
     venv_bin = Path(sys.executable).parent
     os.symlink(venv_bin.parent, tmp_path / ".venv")  # the README calls .venv/bin/python
     env = dict(os.environ, PATH=f"{venv_bin}{os.pathsep}{os.environ['PATH']}",
-               PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+               HF_HUB_OFFLINE="1")
     sample = tmp_path / "runs" / "demo" / "sample"
     with serve_folder(sample) as base_url:
         generate_sample(sample, base_url, n_images=64)

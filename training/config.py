@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from pipeline.config import Config, ConfigError, format_validation_error
+from zhclip.pipeline.core.config import Config, ConfigError, format_validation_error
 
 
 class _Strict(BaseModel):

@@ -29,9 +29,8 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision import transforms as T
-
-from pipeline.schema import MEMBER_IMAGE, MEMBER_TEXT
-from training.tokenizer import CaptionTokenizer
+from zhclip.pipeline.core.schema import MEMBER_IMAGE, MEMBER_TEXT
+from zhclip.training.tokenizer import CaptionTokenizer
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-
-from training.checkpoint import CHECKPOINT_FORMAT, atomic_save
-from training.data import eval_transform
-from training.model import ChineseCLIP, load_weights, model_from_spec
-from training.tokenizer import CaptionTokenizer, tokenizer_from_vocab
+from zhclip.training.checkpoint import CHECKPOINT_FORMAT, atomic_save
+from zhclip.training.data import eval_transform
+from zhclip.training.model import ChineseCLIP, load_weights, model_from_spec
+from zhclip.training.tokenizer import CaptionTokenizer, tokenizer_from_vocab
 
 EXPORT_FORMAT = "zhclip-export"
 EXPORT_VERSION = 1

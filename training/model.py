@@ -27,9 +27,8 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 from transformers import BertConfig, BertModel
 from transformers.utils import logging as hf_logging
-
-from pipeline.config import ConfigError
-from training.config import ImageTowerConfig, TextTowerConfig, TrainConfig
+from zhclip.pipeline.core.config import ConfigError
+from zhclip.training.config import ImageTowerConfig, TextTowerConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,7 @@ import math
 
 import torch
 from torch import nn
-
-from training.config import StageConfig
+from zhclip.training.config import StageConfig
 
 # Multi-dimensional tensors that are embeddings rather than weights (open_clip's
 # no_weight_decay list for its ViT): decaying them pulls positions towards zero.

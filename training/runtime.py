@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-
-from pipeline.config import ConfigError
+from zhclip.pipeline.core.config import ConfigError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

@@ -23,10 +23,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
-
-from training import checkpoint as ckpt
-from training.config import StageConfig, TrainConfig, fill_stage_defaults
-from training.data import (
+from zhclip.training import checkpoint as ckpt
+from zhclip.training.config import StageConfig, TrainConfig, fill_stage_defaults
+from zhclip.training.data import (
     DataPosition,
     StreamSpec,
     eval_loader,
@@ -35,14 +34,14 @@ from training.data import (
     train_loader,
     train_transform,
 )
-from training.evaluate import evaluate
-from training.export import export_model, read_weights_file
-from training.loss import ContrastiveLoss
-from training.metrics_log import MetricsLog
-from training.model import ChineseCLIP, build_model, load_weights, resolve_towers
-from training.optim import make_optimizer, make_scheduler
-from training.runtime import Runtime
-from training.tokenizer import load_tokenizer
+from zhclip.training.evaluate import evaluate
+from zhclip.training.export import export_model, read_weights_file
+from zhclip.training.loss import ContrastiveLoss
+from zhclip.training.metrics_log import MetricsLog
+from zhclip.training.model import ChineseCLIP, build_model, load_weights, resolve_towers
+from zhclip.training.optim import make_optimizer, make_scheduler
+from zhclip.training.runtime import Runtime
+from zhclip.training.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,11 @@ import json
 import re
 from collections.abc import Iterator
 
-from pipeline import paths
-from pipeline import schema as S
-from pipeline.config import SourceConfig
-from pipeline.sources.common import (
+from zhclip.pipeline.core import paths
+from zhclip.pipeline.core import reasons as RS
+from zhclip.pipeline.core import schema as S
+from zhclip.pipeline.core.config import SourceConfig
+from zhclip.pipeline.sources.common import (
     SourceBatch,
     as_int,
     as_text,
@@ -25,7 +26,7 @@ from pipeline.sources.common import (
     rejects_for,
     rows_table,
 )
-from pipeline.sources.holdout import load_holdout_ids
+from zhclip.pipeline.sources.holdout import load_holdout_ids
 
 COCO_IMAGE_URL = "http://images.cocodataset.org/{split}/{file_name}"
 _COCO_CN_ID = re.compile(r"^COCO_(train|val|test)(\d{4})_(\d+)#(\d+)$")
@@ -49,10 +50,10 @@ def read(src: SourceConfig, path: str) -> Iterator[SourceBatch]:
     try:
         data = json.loads(paths.read_text(path))
     except (ValueError, UnicodeDecodeError) as err:
-        yield file_reject(src.name, path, S.REASON_MALFORMED_FILE, f"not valid JSON: {err}")
+        yield file_reject(src.name, path, RS.REASON_MALFORMED_FILE, f"not valid JSON: {err}")
         return
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
-        yield file_reject(src.name, path, S.REASON_MALFORMED_FILE,
+        yield file_reject(src.name, path, RS.REASON_MALFORMED_FILE,
                           "expected a COCO captions file with 'images' and 'annotations'")
         return
     images = {}
@@ -75,9 +76,9 @@ def _rows(src: SourceConfig, annotations: list, images: dict, holdout: frozenset
         url = image_url(src, img.get("file_name", ""), img.get("coco_url"), None) if img else None
         reason = None
         if not ok or image_id is None or img is None:
-            reason = S.REASON_MALFORMED_ROW
+            reason = RS.REASON_MALFORMED_ROW
         elif image_id in holdout:
-            reason = S.REASON_TEST_SPLIT
+            reason = RS.REASON_TEST_SPLIT
         if reason:
             bad_keys.append(make_key(src.name, sid))
             bad_reasons.append(reason)

@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
-
-from pipeline import paths
-from pipeline import schema as S
+from zhclip.pipeline.core import paths
+from zhclip.pipeline.core import reasons as RS
+from zhclip.pipeline.core import schema as S
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_\-]{1,80}$")
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_\-]")
@@ -144,7 +144,7 @@ def rejects_for(
 ) -> pa.Table:
     n = len(keys)
     reasons = reason if isinstance(reason, list) else [reason] * n
-    return S.reject_table(
+    return RS.reject_table(
         keys,
         [source] * n,
         [clip_text(u) for u in (urls or [None] * n)],

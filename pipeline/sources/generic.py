@@ -11,11 +11,11 @@ from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.dataset as ds
-
-from pipeline import paths
-from pipeline import schema as S
-from pipeline.config import SourceConfig
-from pipeline.sources.common import (
+from zhclip.pipeline.core import paths
+from zhclip.pipeline.core import reasons as RS
+from zhclip.pipeline.core import schema as S
+from zhclip.pipeline.core.config import SourceConfig
+from zhclip.pipeline.sources.common import (
     STREAMING_SCAN,
     SourceBatch,
     as_float,
@@ -27,7 +27,7 @@ from pipeline.sources.common import (
     rejects_for,
     rows_table,
 )
-from pipeline.sources.wukong import _cast_table, read_csv_source
+from zhclip.pipeline.sources.wukong import _cast_table, read_csv_source
 
 OURS = {"url": S.URL, "caption": S.CAPTION, "id": S.SOURCE_ID, "similarity": S.SIMILARITY,
         "width": S.WIDTH, "height": S.HEIGHT, "license": S.LICENSE, "nsfw": S.NSFW}
@@ -125,7 +125,7 @@ def _read_jsonl(src: SourceConfig, path: str, m: dict[str, str]) -> Iterator[Sou
             cols[S.LICENSE].append(None if lic is None else str(lic))
             nsfw = obj.get(m["nsfw"]) if "nsfw" in m else None
             cols[S.NSFW].append(None if nsfw is None else str(nsfw))
-    rejects = rejects_for(src.name, bad_keys, S.REASON_MALFORMED_ROW, captions=bad_caps) if bad_keys else None
+    rejects = rejects_for(src.name, bad_keys, RS.REASON_MALFORMED_ROW, captions=bad_caps) if bad_keys else None
     rows = rows_table(src.name, {k: pa.array(v, S.METADATA_SCHEMA.field(k).type) for k, v in cols.items()}) \
         if cols[S.SOURCE_ID] else None
     yield batch(rows, rejects)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from pipeline import paths
+from zhclip.pipeline.core import paths
 
 _ID = re.compile(r"(\d+)")
 

@@ -12,11 +12,11 @@ from collections.abc import Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-
-from pipeline import paths
-from pipeline import schema as S
-from pipeline.config import SourceConfig
-from pipeline.sources.common import STREAMING_SCAN, SourceBatch, batch, file_stem, rows_table
+from zhclip.pipeline.core import paths
+from zhclip.pipeline.core import reasons as RS
+from zhclip.pipeline.core import schema as S
+from zhclip.pipeline.core.config import SourceConfig
+from zhclip.pipeline.sources.common import STREAMING_SCAN, SourceBatch, batch, file_stem, rows_table
 
 # LAION column -> ours. Variants add punsafe / pwatermark / md5.
 COLUMN_MAP = {
@@ -87,7 +87,7 @@ def read(src: SourceConfig, path: str) -> Iterator[SourceBatch]:
                 cols[c] = pc.cast(cols[c], pa.int64(), safe=False)
         matched += rb.num_rows
         yield batch(rows_table(src.name, cols))
-    yield batch(**{S.REASON_NOT_ZH: total_rows - matched})
+    yield batch(**{RS.REASON_NOT_ZH: total_rows - matched})
 
 
 def _to_text(arr: pa.Array) -> pa.Array:

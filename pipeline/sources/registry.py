@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from pipeline import schema as S
-from pipeline.config import SourceConfig
-from pipeline.sources import coco, generic, laion, visual_genome, wukong
-from pipeline.sources.common import SourceBatch, file_reject
+from zhclip.pipeline.core import reasons as RS
+from zhclip.pipeline.core.config import SourceConfig
+from zhclip.pipeline.sources import coco, generic, laion, visual_genome, wukong
+from zhclip.pipeline.sources.common import SourceBatch, file_reject
 
 READERS: dict[str, Callable[[SourceConfig, str], Iterator[SourceBatch]]] = {
     "laion": laion.read,
@@ -27,4 +27,4 @@ def read_source_file(src: SourceConfig, path: str) -> Iterator[SourceBatch]:
     try:
         yield from READERS[src.kind](src, path)
     except (ValueError, OSError, KeyError, UnicodeDecodeError) as err:
-        yield file_reject(src.name, path, S.REASON_MALFORMED_FILE, f"{type(err).__name__}: {err}")
+        yield file_reject(src.name, path, RS.REASON_MALFORMED_FILE, f"{type(err).__name__}: {err}")

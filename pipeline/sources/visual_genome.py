@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-from pipeline import paths
-from pipeline import schema as S
-from pipeline.config import SourceConfig
-from pipeline.sources.common import (
+from zhclip.pipeline.core import paths
+from zhclip.pipeline.core import reasons as RS
+from zhclip.pipeline.core import schema as S
+from zhclip.pipeline.core.config import SourceConfig
+from zhclip.pipeline.sources.common import (
     SourceBatch,
     as_int,
     as_text,
@@ -22,7 +23,7 @@ from pipeline.sources.common import (
     rejects_for,
     rows_table,
 )
-from pipeline.sources.holdout import load_holdout_ids
+from zhclip.pipeline.sources.holdout import load_holdout_ids
 
 CHUNK = 100_000
 
@@ -48,10 +49,10 @@ def read(src: SourceConfig, path: str) -> Iterator[SourceBatch]:
     try:
         data = json.loads(paths.read_text(path))
     except (ValueError, UnicodeDecodeError) as err:
-        yield file_reject(src.name, path, S.REASON_MALFORMED_FILE, f"not valid JSON: {err}")
+        yield file_reject(src.name, path, RS.REASON_MALFORMED_FILE, f"not valid JSON: {err}")
         return
     if not isinstance(data, list):
-        yield file_reject(src.name, path, S.REASON_MALFORMED_FILE,
+        yield file_reject(src.name, path, RS.REASON_MALFORMED_FILE,
                           "expected a JSON list of {id, regions} (region_descriptions.json)")
         return
     names = (S.SOURCE_ID, S.URL, S.CAPTION, S.WIDTH, S.HEIGHT, S.REGION_X, S.REGION_Y, S.REGION_W, S.REGION_H)
@@ -60,7 +61,7 @@ def read(src: SourceConfig, path: str) -> Iterator[SourceBatch]:
     for i, entry in enumerate(data):
         regions = entry.get("regions") if isinstance(entry, dict) else None
         if not isinstance(regions, list):
-            bad.append((make_key(src.name, f"entry{i}"), S.REASON_MALFORMED_ROW, None, None))
+            bad.append((make_key(src.name, f"entry{i}"), RS.REASON_MALFORMED_ROW, None, None))
             continue
         for j, reg in enumerate(regions):
             reg = reg if isinstance(reg, dict) else {}
@@ -72,9 +73,9 @@ def read(src: SourceConfig, path: str) -> Iterator[SourceBatch]:
             url = _url(src, img, image_id) if img else None
             reason = None
             if not ok or img is None:
-                reason = S.REASON_MALFORMED_ROW
+                reason = RS.REASON_MALFORMED_ROW
             elif as_int(img.get("coco_id")) in holdout:
-                reason = S.REASON_TEST_SPLIT
+                reason = RS.REASON_TEST_SPLIT
             if reason:
                 bad.append((make_key(src.name, sid), reason, url, phrase))
                 continue

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pyarrow as pa
-
-from pipeline import schema as S
-from pipeline.config import SourceConfig
-from pipeline.sources.common import (
+from zhclip.pipeline.core import reasons as RS
+from zhclip.pipeline.core import schema as S
+from zhclip.pipeline.core.config import SourceConfig
+from zhclip.pipeline.sources.common import (
     SourceBatch,
     batch,
     file_stem,
@@ -36,7 +36,7 @@ def read_csv_source(
     for chunk, broken in iter_csv(path, wanted, delimiter=delimiter):
         if broken:
             keys = [make_key(src.name, f"{stem}-L{line}") for line, _ in broken]
-            yield batch(rejects=rejects_for(src.name, keys, S.REASON_MALFORMED_ROW,
+            yield batch(rejects=rejects_for(src.name, keys, RS.REASON_MALFORMED_ROW,
                                             captions=[text for _, text in broken]))
         if chunk is None:
             continue

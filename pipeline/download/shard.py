@@ -1,0 +1,448 @@
+"""One URL shard through img2dataset, written so that a killed or repeated run is harmless.
+
+For shard ``S`` (the stem of OUT/metadata/S.parquet) the outputs are
+OUT/downloads/S.tar, S.parquet, S_stats.json and OUT/rejects/download-S.parquet.
+img2dataset writes them into a private work folder; they are then moved to
+their final names, the stats file last. The stats file is the commit mark: it
+records a digest of the input keys, and a shard counts as done only if the
+stats file exists, matches the current input, and the parquet and tar agree
+with it (same keys, no key twice, every success in the tar). Anything less,
+e.g. files left by a run killed between two renames, is downloaded again.
+
+``retry_failed`` fetches again only the rows whose status is not success and
+merges them into the shard's existing outputs: old successes are copied, not
+fetched again, and a key is never in the tar twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from zhclip.pipeline.core import reasons as RS
+from zhclip.pipeline.core import schema as S
+from zhclip.pipeline.core.reasons import PRIVATE_ADDRESS
+from zhclip.pipeline.download.columns import (
+    ERROR_CLASS,
+    ERROR_MESSAGE,
+    RENAMED_ON_INPUT,
+    STATUS,
+    STATUS_FAILED_TO_DOWNLOAD,
+    STATUS_FAILED_TO_RESIZE,
+    STATUS_SUCCESS,
+)
+from zhclip.pipeline.download.fetch import FetchPolicy, guarded_fetch_installed
+from zhclip.pipeline.download.img2dataset_glue import (
+    WORK_NAME,
+    WORK_SHARD_ID,
+    build_downloader,
+    column_list,
+)
+from zhclip.pipeline.shards.format import member_stem
+
+STAGE = "download"
+DOWNLOADS_DIR = "downloads"
+REJECTS_DIR = "rejects"
+WORK_DIR = "_tmp"
+_WORK_SUFFIX = r"\.tmp-[0-9a-f]{32}"
+
+# Shard outcomes reported back to the job.
+OUTCOME_DOWNLOADED = "downloaded"
+OUTCOME_SKIPPED = "skipped"
+OUTCOME_RETRIED = "retried"
+
+
+@dataclass(frozen=True)
+class ShardFiles:
+    """Final paths of one shard's outputs."""
+
+    shard: str
+    tar: str
+    parquet: str
+    stats: str
+    rejects: str
+
+
+def shard_name(metadata_path: str) -> str:
+    """Shard name of a stage-1 file: its stem (``.../00012.parquet`` -> ``00012``)."""
+    base = metadata_path.rstrip("/").rsplit("/", 1)[-1]
+    return base[: -len(".parquet")] if base.endswith(".parquet") else base
+
+
+def shard_files(output: str, shard: str) -> ShardFiles:
+    downloads = f"{output.rstrip('/')}/{DOWNLOADS_DIR}"
+    return ShardFiles(
+        shard=shard,
+        tar=f"{downloads}/{shard}.tar",
+        parquet=f"{downloads}/{shard}.parquet",
+        stats=f"{downloads}/{shard}_stats.json",
+        rejects=f"{output.rstrip('/')}/{REJECTS_DIR}/{STAGE}-{shard}.parquet",
+    )
+
+
+def _is_local(path: str) -> bool:
+    fs, _ = fsspec.core.url_to_fs(path)
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+# --- input -------------------------------------------------------------------
+
+
+class BadUrlShard(ValueError):
+    """A URL shard that cannot be read; the message names the file."""
+
+
+@dataclass
+class ShardInput:
+    """A metadata shard split into rows to download and rows rejected up front."""
+
+    table: pa.Table  # METADATA_SCHEMA, unique non-null keys
+    rejects: pa.Table  # REJECT_SCHEMA
+    input_rows: int
+    digest: str
+
+
+def read_shard_input(metadata_path: str) -> ShardInput:
+    """Read a stage-1 shard; rows without a key or with a repeated key become rejects.
+
+    Stage 1 promises unique keys, but a key written twice here would be a
+    duplicate sample in the tar, so it is checked rather than trusted.
+    """
+    try:
+        with fsspec.open(metadata_path, "rb") as f:
+            table = S.conform(pq.read_table(f), S.METADATA_SCHEMA)
+    except (OSError, pa.ArrowException) as err:
+        raise BadUrlShard(
+            f"URL shard {metadata_path} cannot be read ({err}); rerun `zhclip metadata` "
+            "to rewrite it"
+        ) from None
+    keys = table.column(S.KEY).to_pylist()
+    seen: set[str] = set()
+    keep, drop, reasons = [], [], []
+    for i, key in enumerate(keys):
+        if key is None or key == "":
+            drop.append(i)
+            reasons.append(RS.REASON_MALFORMED_ROW)
+        elif key in seen:
+            drop.append(i)
+            reasons.append(RS.REASON_DUPLICATE_KEY)
+        else:
+            seen.add(key)
+            keep.append(i)
+    dropped = table.take(pa.array(drop, pa.int64()))
+    rejects = RS.reject_table(
+        dropped.column(S.KEY).to_pylist(),
+        dropped.column(S.SOURCE).to_pylist(),
+        dropped.column(S.URL).to_pylist(),
+        dropped.column(S.CAPTION).to_pylist(),
+        reasons,
+        STAGE,
+    )
+    kept = table.take(pa.array(keep, pa.int64())) if drop else table
+    digest = hashlib.sha256()
+    for key in sorted(seen):
+        digest.update(key.encode("utf-8") + b"\n")
+    digest.update(f"rows={table.num_rows}".encode())
+    return ShardInput(kept, rejects, table.num_rows, digest.hexdigest())
+
+
+def _write_img2dataset_input(table: pa.Table, path: str) -> None:
+    """The Arrow IPC file img2dataset's Downloader reads, with its column names."""
+    renamed = table.rename_columns([RENAMED_ON_INPUT.get(n, n) for n in table.column_names])
+    selected = renamed.select(column_list())
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, selected.schema) as writer:
+        writer.write_table(selected)
+
+
+# --- consistency of existing outputs -------------------------------------------
+
+
+def tar_sample_keys(path: str) -> Counter[str]:
+    """How many times each sample key appears per member suffix, as a Counter of keys.
+
+    A well-formed shard has each key once per suffix (jpg, txt, json).
+    """
+    per_member: Counter[str] = Counter()
+    with fsspec.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+        for member in tar:
+            per_member[member.name] += 1
+    if any(n > 1 for n in per_member.values()):
+        raise ValueError(f"{path}: a member name appears twice")
+    keys: Counter[str] = Counter()
+    for name in per_member:
+        keys[name.split(".", 1)[0]] += 1
+    return keys
+
+
+def read_complete_outputs(files: ShardFiles, digest: str) -> pa.Table | None:
+    """The shard's parquet if its outputs are complete and match ``digest``; else None."""
+    fs, _ = fsspec.core.url_to_fs(files.stats)
+    if not (fs.exists(files.stats) and fs.exists(files.parquet) and fs.exists(files.tar)
+            and fs.exists(files.rejects)):
+        return None
+    try:
+        with fsspec.open(files.stats, "r", encoding="utf-8") as f:
+            stats = json.load(f)
+        zh = stats["zhclip"]
+        if zh["input_digest"] != digest:
+            return None
+        with fsspec.open(files.parquet, "rb") as f:
+            table = pq.read_table(f)
+        keys = table.column(S.KEY).to_pylist()
+        if len(keys) != stats["count"] or len(set(keys)) != len(keys):
+            return None
+        statuses = table.column(STATUS).to_pylist()
+        success = {member_stem(k) for k, s in zip(keys, statuses, strict=True)
+                   if s == STATUS_SUCCESS}
+        if len(success) != stats["successes"]:
+            return None
+        members = tar_sample_keys(files.tar)
+        if set(members) != success or len(set(members.values())) > 1:
+            return None
+        return table
+    except (OSError, ValueError, KeyError, TypeError, tarfile.TarError, pa.ArrowException):
+        return None
+
+
+# --- statistics and rejects ----------------------------------------------------
+
+
+def reject_reason(error_class: str) -> str:
+    """Reject reason of a failed download: ``private_address`` or ``download:<class>``."""
+    if error_class == PRIVATE_ADDRESS:
+        return RS.REASON_PRIVATE_ADDRESS
+    return f"{RS.DOWNLOAD_PREFIX}:{error_class}"
+
+
+def download_rejects(table: pa.Table, before: pa.Table) -> pa.Table:
+    """Reject rows for every non-success row of a shard's parquet, after ``before``."""
+    failed = table.filter(pc.not_equal(table.column(STATUS), STATUS_SUCCESS))
+    rows = RS.reject_table(
+        failed.column(S.KEY).to_pylist(),
+        failed.column(S.SOURCE).to_pylist(),
+        failed.column(S.URL).to_pylist(),
+        failed.column(S.CAPTION).to_pylist(),
+        [reject_reason(c or "other") for c in failed.column(ERROR_CLASS).to_pylist()],
+        STAGE,
+    )
+    return pa.concat_tables([before, rows])
+
+
+def shard_stats(
+    shard: str,
+    table: pa.Table,
+    shard_input: ShardInput,
+    started: float,
+    duration: float,
+    downloads_run: int,
+) -> dict:
+    """img2dataset's stats fields for the shard, plus zhclip's breakdown and accounting."""
+    statuses = table.column(STATUS).to_pylist()
+    classes = table.column(ERROR_CLASS).to_pylist()
+    messages = table.column(ERROR_MESSAGE).to_pylist()
+    sources = table.column(S.SOURCE).to_pylist()
+    by_status = Counter(statuses)
+    failed: dict[str, Counter[str]] = {
+        STATUS_FAILED_TO_DOWNLOAD: Counter(), STATUS_FAILED_TO_RESIZE: Counter()
+    }
+    per_source: dict[str, Counter[str]] = {}
+    status_dict: Counter[str] = Counter()
+    for status, cls, msg, source in zip(statuses, classes, messages, sources, strict=True):
+        src = per_source.setdefault(source or "", Counter())
+        src["rows_in"] += 1
+        if status == STATUS_SUCCESS:
+            src["success"] += 1
+            status_dict[STATUS_SUCCESS] += 1
+        else:
+            src["failed"] += 1
+            failed.setdefault(status or "unknown", Counter())[cls or "other"] += 1
+            status_dict[msg or ""] += 1
+    for source in shard_input.rejects.column(S.SOURCE).to_pylist():
+        src = per_source.setdefault(source or "", Counter())
+        src["rows_in"] += 1
+        src["rejected_before_download"] += 1
+    rejected_early = Counter(shard_input.rejects.column(S.REASON).to_pylist())
+    accounted = (
+        by_status[STATUS_SUCCESS]
+        + sum(sum(c.values()) for c in failed.values())
+        + shard_input.rejects.num_rows
+    )
+    return {
+        # img2dataset's own fields, so its tools read these files as theirs.
+        "count": table.num_rows,
+        "successes": by_status[STATUS_SUCCESS],
+        "failed_to_download": by_status[STATUS_FAILED_TO_DOWNLOAD],
+        "failed_to_resize": by_status[STATUS_FAILED_TO_RESIZE],
+        "duration": duration,
+        "start_time": started,
+        "end_time": started + duration,
+        "status_dict": dict(status_dict.most_common()),
+        "zhclip": {
+            "shard": shard,
+            "input_rows": shard_input.input_rows,
+            "input_digest": shard_input.digest,
+            "success": by_status[STATUS_SUCCESS],
+            "failed_to_download": dict(failed[STATUS_FAILED_TO_DOWNLOAD]),
+            "failed_to_resize": dict(failed[STATUS_FAILED_TO_RESIZE]),
+            "failed_other": {k: dict(v) for k, v in failed.items()
+                             if k not in (STATUS_FAILED_TO_DOWNLOAD, STATUS_FAILED_TO_RESIZE)},
+            "rejected_before_download": dict(rejected_early),
+            "per_source": {k: dict(v) for k, v in sorted(per_source.items())},
+            "accounting_ok": accounted == shard_input.input_rows,
+            "download_runs": downloads_run,
+        },
+    }
+
+
+# --- running img2dataset -------------------------------------------------------
+
+
+def _work_folder(output: str, shard: str) -> str:
+    """A fresh private folder for this attempt; stale ones of earlier attempts are removed."""
+    if _is_local(output):
+        base = os.path.join(fsspec.core.url_to_fs(output)[1], DOWNLOADS_DIR, WORK_DIR)
+        os.makedirs(base, exist_ok=True)
+        for name in os.listdir(base):
+            if re.fullmatch(re.escape(shard) + _WORK_SUFFIX, name):
+                shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+        path = os.path.join(base, f"{shard}.tmp-{uuid.uuid4().hex}")
+        os.makedirs(path)
+        return path
+    return tempfile.mkdtemp(prefix=f"zhclip-{shard}-")
+
+
+def run_img2dataset(table: pa.Table, dcfg, policy: FetchPolicy, work: str) -> tuple[str, pa.Table]:
+    """Download ``table``'s rows with img2dataset into ``work``; (tar path, parquet table)."""
+    sub = os.path.join(work, f"run-{uuid.uuid4().hex[:8]}")
+    os.makedirs(sub)
+    input_path = os.path.join(sub, "input.feather")
+    _write_img2dataset_input(table, input_path)
+    downloader = build_downloader(dcfg, sub, table.num_rows)
+    with guarded_fetch_installed(policy):
+        downloader.download_shard((WORK_SHARD_ID, input_path))
+    return os.path.join(sub, f"{WORK_NAME}.tar"), pq.read_table(
+        os.path.join(sub, f"{WORK_NAME}.parquet")
+    )
+
+
+def merge_tars(sources: list[str], dest: str) -> None:
+    """Concatenate the members of webdataset tars into ``dest`` (a member name once)."""
+    written: set[str] = set()
+    with tarfile.open(dest, mode="w", format=tarfile.USTAR_FORMAT) as out:
+        for src in sources:
+            with fsspec.open(src, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+                for member in tar:
+                    if member.name in written:
+                        raise ValueError(f"merging {src}: member {member.name} already written")
+                    written.add(member.name)
+                    out.addfile(member, tar.extractfile(member))
+
+
+def _unify(tables: list[pa.Table]) -> pa.Table:
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+# --- publishing ------------------------------------------------------------------
+
+
+def _move(local: str, final: str) -> None:
+    if _is_local(final):
+        dest = fsspec.core.url_to_fs(final)[1]
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        os.replace(local, dest)
+    else:
+        fs, dest = fsspec.core.url_to_fs(final)
+        fs.put_file(local, dest)
+
+
+def publish(files: ShardFiles, work: str, tar: str, table: pa.Table, rejects: pa.Table,
+            stats: dict) -> None:
+    """Move the outputs to their final names; the stats file (commit mark) goes last."""
+    fs, stats_path = fsspec.core.url_to_fs(files.stats)
+    if fs.exists(stats_path):
+        fs.rm(stats_path)
+    parquet_tmp = os.path.join(work, "out.parquet")
+    pq.write_table(table, parquet_tmp)
+    rejects_tmp = os.path.join(work, "rejects.parquet")
+    pq.write_table(rejects, rejects_tmp)
+    stats_tmp = os.path.join(work, "stats.json")
+    with open(stats_tmp, "w", encoding="utf-8") as f:
+        json.dump(stats, f, indent=2, ensure_ascii=False)
+    _move(tar, files.tar)
+    _move(parquet_tmp, files.parquet)
+    _move(rejects_tmp, files.rejects)
+    _move(stats_tmp, files.stats)
+
+
+# --- one shard -------------------------------------------------------------------
+
+
+def download_shard(metadata_path: str, cfg, retry_failed: bool = False) -> dict:
+    """Bring one shard's outputs up to date; returns a small summary for progress.
+
+    Complete outputs are kept (skipped); with ``retry_failed`` their non-success
+    rows are fetched again and merged. Missing, stale or half-written outputs
+    are downloaded from scratch.
+    """
+    shard = shard_name(metadata_path)
+    files = shard_files(cfg.output, shard)
+    shard_input = read_shard_input(metadata_path)
+    existing = read_complete_outputs(files, shard_input.digest)
+    summary = {"shard": shard, "rows": shard_input.input_rows}
+    if existing is not None and not retry_failed:
+        return {**summary, "outcome": OUTCOME_SKIPPED, "fetched": 0}
+    if existing is not None:
+        to_retry = pc.not_equal(existing.column(STATUS), STATUS_SUCCESS)
+        retry_keys = existing.filter(to_retry).column(S.KEY).combine_chunks()
+        if len(retry_keys) == 0:
+            return {**summary, "outcome": OUTCOME_SKIPPED, "fetched": 0}
+        with fsspec.open(files.stats, "r", encoding="utf-8") as f:
+            previous = json.load(f)
+        rows = shard_input.table.filter(pc.is_in(shard_input.table.column(S.KEY), retry_keys))
+        kept = existing.filter(pc.invert(to_retry))
+        old_tar = files.tar
+        runs = previous["zhclip"].get("download_runs", 1) + 1
+        earlier_duration = float(previous.get("duration", 0.0))
+        outcome = OUTCOME_RETRIED
+    else:
+        rows, kept, old_tar, runs, earlier_duration = shard_input.table, None, None, 1, 0.0
+        outcome = OUTCOME_DOWNLOADED
+
+    dcfg = cfg.download
+    policy = FetchPolicy.from_config(cfg)
+    work = _work_folder(cfg.output, shard)
+    started = time.time()
+    try:
+        new_tar, new_table = run_img2dataset(rows, dcfg, policy, work)
+        if kept is not None:
+            table = _unify([kept, new_table])
+            tar = os.path.join(work, "merged.tar")
+            merge_tars([old_tar, new_tar], tar)
+        else:
+            table, tar = new_table, new_tar
+        duration = earlier_duration + (time.time() - started)
+        stats = shard_stats(shard, table, shard_input, started, duration, runs)
+        rejects = download_rejects(table, shard_input.rejects)
+        publish(files, work, tar, table, rejects, stats)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {
+        **summary,
+        "outcome": outcome,
+        "fetched": rows.num_rows,
+        "success": stats["successes"],
+        "seconds": time.time() - started,
+    }

@@ -1,0 +1,455 @@
+"""Stage 3, `zhclip score`: downloaded shards -> scored, filtered, deduplicated final shards.
+
+    download shards | Reshuffle | ScoreShard (decode, CLIP preprocess, score in
+    fixed batches, per-source threshold, test-set overlap) | DedupBySha256
+    | RankForShards | JoinSamples | WriteShards | manifest + report
+
+The model is built once per worker (DoFn.setup through Beam's Shared handle)
+and batches are cut inside each download shard in key order, so a pair's
+score does not depend on how the runner bundled elements: two runs give the
+same scores, hence the same shards, byte for byte. Every sample of the final
+shards gets a global position (a hash of its key), so shard contents do not
+depend on worker count or timing either.
+
+Outputs: OUT/dataset/{split}-{index:06d}.tar + .parquet, OUT/dataset/manifest.json,
+OUT/rejects/score-*.parquet (REJECT_SCHEMA, stage "score"), OUT/report/score.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.utils.shared import Shared
+from tqdm import tqdm
+from zhclip.filters import image_rules
+from zhclip.filters import images as I
+from zhclip.pipeline.core import paths
+from zhclip.pipeline.core import reasons as RS
+from zhclip.pipeline.core import report as R
+from zhclip.pipeline.core import schema as S
+from zhclip.pipeline.core.config import (
+    Config,
+    ConfigError,
+    config_from_args,
+    config_from_dict,
+    config_to_dict,
+)
+from zhclip.pipeline.core.spill import read_part, remove_spill, spill_folder, write_part
+from zhclip.pipeline.core.tags import TAG_COUNTS, TAG_REJECTS
+from zhclip.pipeline.score.backends import build_scorer
+from zhclip.pipeline.score.steps import (
+    HIST_BINS,
+    HIST_RANGE,
+    IMAGE,
+    MAX_NOTES,
+    STAGE,
+    ShardScorer,
+    histogram,
+)
+from zhclip.pipeline.shards import format as SH
+
+log = logging.getLogger(__name__)
+
+REJECTS_DIR = "rejects"
+REPORT_DIR = "report"
+REPORT_NAME = "score.json"
+REJECT_FILE_PREFIX = "score-"
+REJECTS = TAG_REJECTS
+COUNTS = TAG_COUNTS
+HIST = "hist"
+# Final-position buckets: the first hex digits of SH.order_key. Bucket order is
+# global order, so a bucket's rank offset is the size of the buckets before it.
+ORDER_BUCKET_HEX = 3
+
+
+class _ScorerHolder:
+    """Weak-referenceable box so Beam's Shared can keep one scorer per process."""
+
+    def __init__(self, scorer: Any) -> None:
+        self.scorer = scorer
+
+
+# --- Beam transforms --------------------------------------------------------------------
+
+
+class ScoreShard(beam.DoFn):
+    """One download shard -> kept samples (main), rejects, funnel counts, score histograms.
+
+    The work is :class:`~zhclip.pipeline.score.steps.ShardScorer`'s; this only
+    routes its result to the tagged outputs.
+    """
+
+    def __init__(self, cfg: dict[str, Any], eval_hashes: list[int], shared: Shared) -> None:
+        self._cfg = cfg
+        self._eval_hashes = eval_hashes
+        self._shared = shared
+
+    def setup(self) -> None:
+        cfg = config_from_dict(self._cfg)
+        scorer = self._shared.acquire(lambda: _ScorerHolder(build_scorer(cfg.score))).scorer
+        self._steps = ShardScorer(scorer, cfg.score, cfg.shards.val_fraction, self._eval_hashes)
+        self._spill = spill_folder(cfg.output, "score", "images")
+        self._pairs = Metrics.counter("zhclip.score", "pairs_scored")
+        self._shards = Metrics.counter("zhclip.score", "shards_read")
+
+    def teardown(self) -> None:
+        steps = getattr(self, "_steps", None)
+        if steps is not None:
+            steps.close()
+
+    def process(self, shard: SH.DownloadShard) -> Iterator[Any]:
+        before = self._steps.pairs_scored
+        result, contents = self._steps.score_shard(shard)
+        self._pairs.inc(self._steps.pairs_scored - before)
+        self._shards.inc()
+        for row in result.rejects:
+            yield beam.pvalue.TaggedOutput(REJECTS, row)
+        yield from spill_images(result.kept, self._spill)
+        yield beam.pvalue.TaggedOutput(COUNTS, result.funnel_counts())
+        yield beam.pvalue.TaggedOutput(HIST, {
+            "scores": {src: histogram(v) for src, v in result.scores.items()},
+            "not_downloaded": contents.not_success_rows,
+            "notes": contents.notes[:MAX_NOTES],
+        })
+
+
+SPILL_PATH = "spill"
+SPILL_ROW = "spill_row"
+
+
+def spill_images(records: list[dict[str, Any]], folder: str) -> Iterator[dict[str, Any]]:
+    """Move a shard's kept image bytes to one spill file; records keep (path, row).
+
+    The records then cross the key join and the shard grouping without their
+    pixels, which cut the bytes Beam copies through its shuffles to metadata.
+    """
+    if not records:
+        return
+    images = pa.array([r.pop(IMAGE) for r in records], pa.binary())
+    path = write_part(folder, pa.table({IMAGE: images}))
+    for row, rec in enumerate(records):
+        rec[SPILL_PATH], rec[SPILL_ROW] = path, row
+        yield rec
+
+
+def load_images(records: list[dict[str, Any]]) -> list[bytes]:
+    """Image bytes of ``records`` (in order) from their spill files, one read per file."""
+    by_path: dict[str, list[int]] = defaultdict(list)
+    for i, rec in enumerate(records):
+        by_path[rec[SPILL_PATH]].append(i)
+    out: list[bytes] = [b""] * len(records)
+    for path, idx in by_path.items():
+        column = read_part(path).column(IMAGE)
+        for i in idx:
+            out[i] = column[records[i][SPILL_ROW]].as_py()
+    return out
+
+
+def _index_entry(rec: dict[str, Any]) -> dict[str, Any]:
+    """What dedup and ranking need of a record: no pixels."""
+    return {k: rec[k] for k in (S.KEY, S.SOURCE, S.URL, S.CAPTION, S.SPLIT)}
+
+
+def pick_sha_winner(element: tuple[str, list[dict[str, Any]]]) -> Iterator[Any]:
+    """Keep the smallest key of a group of identical images; reject the others."""
+    _, entries = element
+    entries = sorted(entries, key=lambda e: e[S.KEY])
+    yield entries[0]
+    for loser in entries[1:]:
+        yield beam.pvalue.TaggedOutput(REJECTS, {
+            S.KEY: loser[S.KEY], S.SOURCE: loser[S.SOURCE], S.URL: loser[S.URL],
+            S.CAPTION: loser[S.CAPTION], S.REASON: RS.REASON_DUPLICATE_IMAGE, S.STAGE: STAGE,
+        })
+        yield beam.pvalue.TaggedOutput(COUNTS, R.counts(
+            loser[S.SOURCE], reasons={RS.REASON_DUPLICATE_IMAGE: 1}))
+
+
+def _bucket_of(entry: dict[str, Any]) -> tuple[tuple[str, str], str]:
+    order = SH.order_key(entry[S.KEY])
+    return (entry[S.SPLIT], order[:ORDER_BUCKET_HEX]), entry[S.KEY]
+
+
+def _sorted_bucket(element: tuple[tuple[str, str], list[str]]) -> tuple[tuple[str, str], list[str]]:
+    bucket, keys = element
+    return bucket, sorted(keys, key=lambda k: (SH.order_key(k), k))
+
+
+def _assign_positions(element: tuple[tuple[str, str], list[str]], sizes: dict[tuple[str, str], int],
+                      samples_per_shard: int) -> Iterator[tuple[str, tuple[str, int, int]]]:
+    """(key, (split, shard index, global rank)) for every key of one bucket."""
+    (split, bucket), keys = element
+    offset = sum(n for (sp, b), n in sizes.items() if sp == split and b < bucket)
+    for i, key in enumerate(keys):
+        rank = offset + i
+        yield key, (split, rank // samples_per_shard, rank)
+
+
+def _join_position(element: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
+    _, joined = element
+    positions, records = list(joined["pos"]), list(joined["rec"])
+    # No position: a duplicate-image loser, already rejected by the dedup step.
+    if positions:
+        split, index, rank = positions[0]
+        yield (split, index), (rank, records[0])
+
+
+class WriteShard(beam.DoFn):
+    """All samples of one final shard -> tar + parquet; yields ShardInfo json and kept counts."""
+
+    def __init__(self, folder: str) -> None:
+        self._folder = folder
+
+    def process(self, element: tuple[tuple[str, int], list[tuple[int, dict[str, Any]]]]):
+        (split, index), ranked = element
+        ranked = sorted(ranked, key=lambda x: x[0])
+        records = [rec for _, rec in ranked]
+        samples = []
+        kept: Counter = Counter()
+        for rec, image in zip(records, load_images(records), strict=True):
+            meta = {c: rec.get(c) for c in S.DATASET_COLUMNS}
+            samples.append(SH.ShardSample(rec[S.KEY], image, rec[S.CAPTION], meta))
+            kept[rec[S.SOURCE]] += 1
+        info = SH.write_shard(self._folder, split, index, samples)
+        yield info.to_json()
+        yield beam.pvalue.TaggedOutput(COUNTS, {
+            src: {"rows_in": 0, "kept": n, "reasons": {}} for src, n in kept.items()
+        })
+
+
+def write_reject_file(element: tuple[int, list[dict[str, Any]]], folder: str) -> str:
+    index, rows = element
+    rows = sorted(rows, key=lambda r: (r[S.KEY] or "", r[S.REASON]))
+    table = pa.Table.from_pylist(rows, schema=S.REJECT_SCHEMA)
+    name = f"{REJECT_FILE_PREFIX}{index:05d}.parquet"
+    paths.write_parquet_atomic(table, paths.join(folder, name))
+    return name
+
+
+def _merge_hist(items: list[dict[str, Any]]) -> dict[str, Any]:
+    scores: dict[str, list[int]] = {}
+    not_downloaded = 0
+    notes: list[str] = []
+    for item in items:
+        not_downloaded += item["not_downloaded"]
+        notes.extend(item["notes"])
+        for src, counts in item["scores"].items():
+            acc = scores.setdefault(src, [0] * HIST_BINS)
+            scores[src] = [a + b for a, b in zip(acc, counts, strict=True)]
+    return {"scores": scores, "not_downloaded": not_downloaded, "notes": sorted(notes)[:MAX_NOTES]}
+
+
+def finalize(_: Any, out: str, cfg_dict: dict[str, Any], shard_infos: list[dict[str, Any]],
+             counts: list[R.Counts], hists: list[dict[str, Any]], reject_files: list[str],
+             extra: dict[str, Any]) -> dict[str, Any]:
+    """Write manifest.json, remove an earlier run's leftovers, write report/score.json."""
+    dataset = paths.join(out, SH.DATASET_DIR)
+    manifest = SH.build_manifest(shard_infos, cfg_dict)
+    keep = {name for s in manifest["shards"] for name in s["files"]}
+    stale = SH.remove_stale_shards(dataset, keep)
+    SH.write_manifest(dataset, manifest)
+    for uri in paths.list_files(paths.join(out, REJECTS_DIR), ".parquet"):
+        name = uri.rpartition("/")[2]
+        if name.startswith(REJECT_FILE_PREFIX) and name not in reject_files:
+            paths.remove(uri)
+    hist = _merge_hist(hists)
+    step = (HIST_RANGE[1] - HIST_RANGE[0]) / HIST_BINS
+    report = R.finalize(STAGE, R.merge_counts(counts), {
+        **extra,
+        "shards": {"count": len(manifest["shards"]), "splits": manifest["splits"],
+                   "folder": dataset},
+        "rejects": sorted(reject_files),
+        "not_downloaded_rows": hist["not_downloaded"],
+        "histogram": {
+            "bin_edges": [round(HIST_RANGE[0] + i * step, 6) for i in range(HIST_BINS + 1)],
+            "counts": dict(sorted(hist["scores"].items())),
+        },
+        "notes": hist["notes"],
+        "removed_stale_files": stale,
+    })
+    paths.write_bytes_atomic(paths.join(out, REPORT_DIR, REPORT_NAME), R.to_json(report))
+    return report
+
+
+def build_pipeline(p: beam.Pipeline, cfg: Config, shards: list[SH.DownloadShard],
+                   eval_hashes: list[int]) -> None:
+    out = cfg.output
+    cfg_dict = config_to_dict(cfg)
+    dataset = paths.join(out, SH.DATASET_DIR)
+    sps = cfg.shards.samples_per_shard
+    n_reject_files = max(1, math.ceil(len(shards) / 64))
+
+    scored = (
+        p
+        | "DownloadShards" >> beam.Create(shards)
+        | "Spread" >> beam.Reshuffle()
+        | "ScoreShard" >> beam.ParDo(ScoreShard(cfg_dict, eval_hashes, Shared())).with_outputs(
+            REJECTS, COUNTS, HIST, main="kept")
+    )
+    kept = scored.kept
+    reject_parts, count_parts = [scored[REJECTS]], [scored[COUNTS]]
+
+    index = kept | "IndexEntry" >> beam.Map(_index_entry)
+    if cfg.score.dedup_images:
+        caption_sources = frozenset(s.name for s in cfg.sources if s.dedup == "url_caption")
+        dedup = (
+            kept
+            | "BySha256" >> beam.Map(lambda r: (image_rules.image_dedup_key(
+                r[S.SHA256], r[S.SOURCE], r[S.CAPTION], caption_sources), _index_entry(r)))
+            | "GroupSha256" >> beam.GroupByKey()
+            | "PickWinner" >> beam.FlatMap(pick_sha_winner).with_outputs(REJECTS, COUNTS, main="winners")
+        )
+        index = dedup.winners
+        reject_parts.append(dedup[REJECTS])
+        count_parts.append(dedup[COUNTS])
+
+    buckets = (
+        index
+        | "ToBucket" >> beam.Map(_bucket_of)
+        | "GroupBucket" >> beam.GroupByKey()
+        | "SortBucket" >> beam.Map(_sorted_bucket)
+    )
+    sizes = buckets | "BucketSize" >> beam.Map(lambda kv: (kv[0], len(kv[1])))
+    positions = buckets | "Positions" >> beam.FlatMap(
+        _assign_positions, sizes=beam.pvalue.AsDict(sizes), samples_per_shard=sps)
+    records = kept | "ByKey" >> beam.Map(lambda r: (r[S.KEY], r))
+    written = (
+        {"pos": positions, "rec": records}
+        | "JoinPosition" >> beam.CoGroupByKey()
+        | "ToShard" >> beam.FlatMap(_join_position)
+        | "GroupShard" >> beam.GroupByKey()
+        | "WriteShards" >> beam.ParDo(WriteShard(dataset)).with_outputs(COUNTS, main="infos")
+    )
+    count_parts.append(written[COUNTS])
+
+    reject_files = (
+        tuple(reject_parts)
+        | "AllRejects" >> beam.Flatten()
+        | "RejectBucket" >> beam.Map(
+            lambda r: (int(SH.order_key(r[S.KEY] or "")[:8], 16) % n_reject_files, r))
+        | "GroupRejects" >> beam.GroupByKey()
+        | "WriteRejects" >> beam.Map(write_reject_file, folder=paths.join(out, REJECTS_DIR))
+    )
+    counts = tuple(count_parts) | "AllCounts" >> beam.Flatten()
+    extra = {
+        "backend": cfg.score.backend,
+        "model": cfg.score.model if cfg.score.backend != "precomputed" else None,
+        "thresholds": dict(cfg.score.thresholds),
+        "dedup_images": cfg.score.dedup_images,
+        "decontaminate": cfg.score.decontaminate,
+        "eval_images": len(eval_hashes),
+        "download_shards": len(shards),
+    }
+    (
+        p
+        | "Once" >> beam.Create([None])
+        | "Finalize" >> beam.Map(
+            finalize, out=out, cfg_dict=cfg_dict,
+            shard_infos=beam.pvalue.AsList(written.infos),
+            counts=beam.pvalue.AsList(counts),
+            hists=beam.pvalue.AsList(scored[HIST]),
+            reject_files=beam.pvalue.AsList(reject_files),
+            extra=extra)
+    )
+
+
+# --- driver ------------------------------------------------------------------------------
+
+
+def eval_image_hashes(folder: str | None) -> list[int]:
+    """Perceptual hashes of every image under ``folder`` (decontamination set)."""
+    if not folder:
+        return []
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"score.decontaminate: folder {folder!r} not found")
+    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs)
+    hashes = []
+    for f in tqdm(files, desc="hashing evaluation images", unit="img", disable=None):
+        try:
+            with open(f, "rb") as fh:
+                hashes.append(I.phash64(I.decode_image(fh.read())))
+        except (I.ImageDecodeError, OSError):
+            log.warning("decontaminate: skipping %s (not an image)", f)
+    if not hashes:
+        raise FileNotFoundError(f"score.decontaminate: no readable images under {folder!r}")
+    return hashes
+
+
+def check_model_paths(cfg: Config) -> None:
+    """Fail on the driver, in a second, when a local model path named in the config is absent.
+
+    Loading the model here would cost a second copy of it in memory; workers
+    load it in DoFn.setup.
+    """
+    from zhclip.pipeline.score.backends import available_backends
+
+    sc = cfg.score
+    if sc.backend not in available_backends():
+        raise ConfigError(f"score.backend {sc.backend!r}: available {available_backends()}")
+    if sc.backend == "precomputed":
+        return
+    looks_local = sc.model.startswith((".", "/", "~")) or os.path.exists(sc.model)
+    if looks_local and not os.path.exists(os.path.expanduser(sc.model)):
+        raise FileNotFoundError(f"score.model: {sc.model} not found")
+    if sc.backend == "mclip":
+        if sc.image_model.startswith("local-dir:"):
+            folder = sc.image_model[len("local-dir:"):]
+            if not os.path.isdir(folder):
+                raise FileNotFoundError(f"score.image_model: folder {folder} not found")
+        pre = sc.image_pretrained
+        if pre and pre.endswith((".pt", ".pth", ".bin", ".safetensors")) and not os.path.isfile(pre):
+            raise FileNotFoundError(f"score.image_pretrained: {pre} not found")
+
+
+def run_score(cfg: Config, beam_args: list[str] | None = None,
+              downloads: str | None = None) -> dict[str, Any]:
+    """Run stage 3 on ``downloads`` (default OUT/downloads); returns the report dict.
+
+    Also written to OUT/report/score.json. The model is checked on the driver
+    first so that a wrong path fails in seconds, not inside every worker.
+    """
+    folder = downloads or paths.join(cfg.output, SH.DOWNLOADS_DIR)
+    shards = SH.list_download_shards(folder)
+    if not shards:
+        raise FileNotFoundError(f"no download shards (*.tar / *.parquet) in {folder}; "
+                                "run `zhclip download` first or pass --downloads")
+    if cfg.score.decontaminate is not None and not cfg.score.decontaminate:
+        raise ConfigError("score.decontaminate: empty folder name")
+    eval_hashes = eval_image_hashes(cfg.score.decontaminate)
+    check_model_paths(cfg)
+    started = time.time()
+    remove_spill(cfg.output, "score")
+    with beam.Pipeline(options=PipelineOptions(beam_args or [])) as p:
+        build_pipeline(p, cfg, shards, eval_hashes)
+    remove_spill(cfg.output, "score")
+    report = json.loads(paths.read_text(paths.join(cfg.output, REPORT_DIR, REPORT_NAME)))
+    report["seconds"] = round(time.time() - started, 3)
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", help="output root OUT (overrides the config's `output`)")
+    parser.add_argument("--downloads", help="img2dataset output folder to score "
+                        "(default OUT/downloads)")
+    parser.add_argument("--quiet", action="store_true", help="do not print the funnel table")
+
+
+def main(args: argparse.Namespace, beam_args: list[str]) -> int:
+    cfg = config_from_args(args)
+    report = run_score(cfg, beam_args, downloads=args.downloads)
+    if not args.quiet:
+        R.print_funnel(report, "stage 3 (score) funnel")
+        print(f"final shards: {report['shards']['count']} in {report['shards']['folder']}  "
+              f"report: {paths.join(cfg.output, REPORT_DIR, REPORT_NAME)}")
+    return 0 if report["total"]["balanced"] else 1

@@ -1,0 +1,197 @@
+"""Stage 3's per-shard work, without Beam: decode, score, and judge each sample.
+
+:class:`ShardScorer` turns one download shard into a :class:`ShardResult`
+(kept records, reject rows, funnel counts, score histograms). The rules it
+applies are :mod:`zhclip.filters.image_rules`; the DoFn in
+:mod:`zhclip.pipeline.score.job` only routes the result to Beam outputs, and
+the benchmark calls the same code without a runner.
+
+Batches are cut inside a shard in key order, so a pair's score does not
+depend on how the runner bundled elements.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+from zhclip.filters import image_rules
+from zhclip.filters import images as I
+from zhclip.pipeline.core import schema as S
+from zhclip.pipeline.shards import format as SH
+
+STAGE = "score"
+# Score histogram: fixed bins over the cosine range, so runs can be compared.
+HIST_BINS = 200
+HIST_RANGE = (-1.0, 1.0)
+SCORE_DECIMALS = 6
+MAX_NOTES = 200
+# Key of a kept record's image bytes (moved to a spill file before any shuffle).
+IMAGE = "image"
+
+
+def reject_row(sample: SH.DownloadedSample, reason: str) -> dict[str, Any]:
+    return {
+        S.KEY: sample.key,
+        S.SOURCE: sample.source,
+        S.URL: sample.url,
+        S.CAPTION: sample.caption,
+        S.REASON: reason,
+        S.STAGE: STAGE,
+    }
+
+
+class PreparedSample:
+    """A decoded download: JPEG bytes and hashes for the shards, pixels for the model."""
+
+    __slots__ = ("sample", "jpeg", "sha256", "width", "height", "pixels", "phash", "error")
+
+    def __init__(self, sample: SH.DownloadedSample) -> None:
+        self.sample = sample
+        self.jpeg: bytes = b""
+        self.sha256 = ""
+        self.width = self.height = 0
+        self.pixels: np.ndarray | None = None
+        self.phash: int | None = None
+        self.error: str | None = None
+
+
+def prepare_sample(sample: SH.DownloadedSample, preprocess: Callable[[Any], Any] | None,
+                   want_phash: bool) -> PreparedSample:
+    """Decode one sample; a decode failure is recorded on the result, never raised."""
+    out = PreparedSample(sample)
+    try:
+        image = I.decode_image(sample.image or b"")
+        out.jpeg = I.to_jpeg_bytes(sample.image, image)
+    except I.ImageDecodeError as err:
+        out.error = str(err)
+        return out
+    out.sha256 = I.sha256_hex(out.jpeg)
+    out.width, out.height = image.size
+    if want_phash:
+        out.phash = I.phash64(image)
+    if preprocess is not None:
+        out.pixels = preprocess(image)
+    return out
+
+
+def histogram(scores: list[float]) -> list[int]:
+    counts, _ = np.histogram(np.asarray(scores, dtype=np.float64), bins=HIST_BINS, range=HIST_RANGE)
+    return counts.astype(int).tolist()
+
+
+def kept_record(p: PreparedSample, score: float | None, val_fraction: float) -> dict[str, Any]:
+    """A sample that passed every per-sample rule, as it travels to the writer."""
+    s = p.sample
+    return {
+        S.KEY: s.key,
+        S.SOURCE: s.source,
+        S.URL: s.url,
+        S.CAPTION: s.caption or "",
+        S.CAPTION_ORIG: s.caption_orig,
+        S.SCORE: score,
+        S.WIDTH: p.width,
+        S.HEIGHT: p.height,
+        S.SHA256: p.sha256,
+        IMAGE: p.jpeg,
+        S.SPLIT: SH.split_for_key(s.key, val_fraction),
+    }
+
+
+@dataclass
+class ShardResult:
+    """Everything one download shard yields: kept records (with image bytes),
+    reject rows, funnel counts (report shape) and the histogram/notes part."""
+
+    kept: list[dict[str, Any]] = field(default_factory=list)
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+    counts: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+    scores: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+
+    def reject(self, sample: SH.DownloadedSample, reason: str) -> None:
+        self.counts[sample.source][reason] += 1
+        self.rejects.append(reject_row(sample, reason))
+
+    def funnel_counts(self) -> dict[str, dict[str, Any]]:
+        return {src: {"rows_in": c.get("rows_in", 0), "kept": 0,
+                      "reasons": {r: n for r, n in c.items() if r != "rows_in"}}
+                for src, c in self.counts.items()}
+
+
+class ShardScorer:
+    """Scores download shards with one scorer; decoding of batch i+1 overlaps
+    the model's work on batch i (one decode thread)."""
+
+    def __init__(self, scorer: Any, score_cfg: Any, val_fraction: float,
+                 eval_hashes: list[int]) -> None:
+        self.scorer = scorer
+        self.cfg = score_cfg
+        self.val_fraction = val_fraction
+        self.eval_index = I.phash_index(eval_hashes)
+        self.want_phash = bool(eval_hashes)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zhclip-decode")
+        self.pairs_scored = 0
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+    def _prepare(self, batch: list[SH.DownloadedSample]) -> list[PreparedSample]:
+        preprocess = self.scorer.preprocess if self.scorer.needs_images else None
+        return [prepare_sample(s, preprocess, self.want_phash) for s in batch]
+
+    def score_shard(self, shard: SH.DownloadShard) -> tuple[ShardResult, SH.DownloadShardContents]:
+        contents = SH.read_download_shard(shard)
+        result = ShardResult()
+        usable = []
+        for sample in contents.samples:
+            result.counts[sample.source]["rows_in"] += 1
+            if sample.problem:
+                result.reject(sample, sample.problem)
+            else:
+                usable.append(sample)
+        size = self.cfg.batch_size
+        batches = [usable[i: i + size] for i in range(0, len(usable), size)]
+        pending = self._pool.submit(self._prepare, batches[0]) if batches else None
+        progress = tqdm(total=len(usable), desc=f"score {shard.name}", unit="pair", leave=False,
+                        disable=None, mininterval=2.0)
+        for i in range(len(batches)):
+            prepared = pending.result()
+            if i + 1 < len(batches):
+                pending = self._pool.submit(self._prepare, batches[i + 1])
+            self._score_batch(prepared, result)
+            progress.update(len(prepared))
+        progress.close()
+        return result, contents
+
+    def _score_batch(self, prepared: list[PreparedSample], result: ShardResult) -> None:
+        ok = []
+        for p in prepared:
+            reason = (image_rules.decode_reason(p.error)
+                      or image_rules.overlap_reason(p.phash, self.eval_index, self.cfg.phash_distance))
+            if reason is not None:
+                result.reject(p.sample, reason)
+            else:
+                ok.append(p)
+        if not ok:
+            return
+        values = self.scorer.score(
+            [p.pixels for p in ok],
+            [p.sample.caption or "" for p in ok],
+            similarity=[p.sample.similarity for p in ok],
+        )
+        self.pairs_scored += len(ok)
+        for p, value in zip(ok, values, strict=True):
+            score = None if math.isnan(value) else round(float(value), SCORE_DECIMALS)
+            if score is not None:
+                result.scores[p.sample.source].append(score)
+            reason = image_rules.threshold_reason(p.sample.source, score, self.cfg.thresholds)
+            if reason is not None:
+                result.reject(p.sample, reason)
+            else:
+                result.kept.append(kept_record(p, score, self.val_fraction))

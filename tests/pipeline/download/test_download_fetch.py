@@ -1,0 +1,135 @@
+"""The guarded fetch path against the real loopback server (no Beam).
+
+Only loopback is ever connected to: the non-public targets named here
+(10.0.0.1, 169.254.169.254) must be refused before any connection is made.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from zhclip.pipeline.core.reasons import (
+    CONNECTION,
+    DISALLOWED_BY_HEADER,
+    PRIVATE_ADDRESS,
+    SCHEME_NOT_ALLOWED,
+)
+from zhclip.pipeline.demo.imageserver import ImageServer, render_image
+from zhclip.pipeline.download.errors import classify_error
+from zhclip.pipeline.download.fetch import (
+    FetchPolicy,
+    guarded_fetch_installed,
+    make_fetch_function,
+    robots_tag_disallows,
+)
+
+LOOPBACK = ("127.0.0.0/8",)
+DIRECTIVES = {"noai", "noimageai"}
+
+
+@pytest.fixture(scope="module")
+def server():
+    with ImageServer(slow_seconds=1.0) as srv:
+        yield srv
+
+
+def fetch(policy: FetchPolicy, url: str, timeout: float = 2.0):
+    _, stream, err = make_fetch_function(policy)((7, url), timeout, "zhclip", DIRECTIVES)
+    return stream, err
+
+
+def test_loopback_is_blocked_directly_and_through_dns_by_default(server):
+    before = server.request_count("/img/a.jpg")
+    for url in (server.image_url("a"), server.image_url("a").replace("127.0.0.1", "localhost")):
+        stream, err = fetch(FetchPolicy(), url)
+        assert stream is None and classify_error(err) == PRIVATE_ADDRESS, err
+    assert server.request_count("/img/a.jpg") == before  # nothing reached the server
+
+
+def test_allow_networks_lifts_the_guard_directly_and_through_dns(server):
+    policy = FetchPolicy(allow_networks=LOOPBACK)
+    for url in (server.image_url("a"), server.image_url("a").replace("127.0.0.1", "localhost")):
+        stream, err = fetch(policy, url)
+        assert err is None and stream.getvalue() == render_image("a", "jpg")
+
+
+@pytest.mark.parametrize("kind", ["redirect_private", "redirect_metadata"])
+def test_redirect_to_private_address_is_blocked(server, kind):
+    stream, err = fetch(FetchPolicy(allow_networks=LOOPBACK), server.fault_url(kind))
+    assert stream is None and classify_error(err) == PRIVATE_ADDRESS, err
+
+
+def test_redirect_guard_follows_allow_networks(server):
+    # 127.0.0.2 is loopback but outside 127.0.0.1/32: refused without connecting.
+    target = f"http://127.0.0.2:{server.port}/img/a.jpg"
+    _, err = fetch(FetchPolicy(allow_networks=("127.0.0.1/32",)), server.redirect_url(target))
+    assert classify_error(err) == PRIVATE_ADDRESS, err
+    # With 127.0.0.0/8 allowed the redirect is followed; nobody listens there, so the
+    # connection itself is refused: the guard was lifted, and traffic stayed on loopback.
+    _, err = fetch(FetchPolicy(allow_networks=LOOPBACK), server.redirect_url(target))
+    assert classify_error(err) == CONNECTION, err
+    # A redirect back to the server itself works.
+    stream, err = fetch(FetchPolicy(allow_networks=LOOPBACK), server.redirect_url(server.image_url("b")))
+    assert err is None and stream.getvalue() == render_image("b", "jpg")
+
+
+def test_redirect_to_file_scheme_is_refused(server):
+    policy = FetchPolicy(schemes=("http", "https", "file"), allow_networks=LOOPBACK)
+    _, err = fetch(policy, server.redirect_url("file:///etc/hostname"))
+    assert classify_error(err) == SCHEME_NOT_ALLOWED, err
+
+
+def test_file_urls_only_when_the_scheme_is_listed(tmp_path: Path):
+    image = tmp_path / "local image.jpg"
+    image.write_bytes(render_image("local", "jpg"))
+    url = image.as_uri()
+    stream, err = fetch(FetchPolicy(schemes=("http", "https", "file")), url)
+    assert err is None and stream.getvalue() == image.read_bytes()
+    stream, err = fetch(FetchPolicy(), url)
+    assert stream is None and classify_error(err) == SCHEME_NOT_ALLOWED
+
+
+def test_robots_tag_parsing():
+    from email.message import Message
+
+    def headers(*values):
+        m = Message()
+        for v in values:
+            m["X-Robots-Tag"] = v
+        return m
+
+    assert robots_tag_disallows(headers("noai"), "zhclip", DIRECTIVES)
+    assert robots_tag_disallows(headers("zhclip: noimageai, nofollow"), "zhclip", DIRECTIVES)
+    assert not robots_tag_disallows(headers("otherbot: noai"), "zhclip", DIRECTIVES)
+    assert not robots_tag_disallows(headers("nofollow"), "zhclip", DIRECTIVES)
+    assert not robots_tag_disallows(headers("noai"), "zhclip", set())
+
+
+def test_noai_header_is_respected(server):
+    _, err = fetch(FetchPolicy(allow_networks=LOOPBACK), server.fault_url("robots_noai"))
+    assert classify_error(err) == DISALLOWED_BY_HEADER
+
+
+def test_installing_into_img2dataset_is_scoped():
+    from zhclip.pipeline.download.img2dataset_glue import img2dataset_module
+
+    d = img2dataset_module("downloader")
+
+    original = d.download_image
+    with guarded_fetch_installed(FetchPolicy()):
+        assert d.download_image is not original
+        with guarded_fetch_installed(FetchPolicy()):  # same policy nests
+            pass
+        assert d.download_image is not original
+    assert d.download_image is original
+
+
+def test_responses_over_the_size_cap_are_refused(server):
+    from zhclip.pipeline.core.reasons import RESPONSE_TOO_LARGE
+
+    policy = FetchPolicy(allow_networks=LOOPBACK, max_response_bytes=200)
+    stream, err = fetch(policy, server.image_url("big", "jpg", 300, 300))
+    assert stream is None and classify_error(err) == RESPONSE_TOO_LARGE
+    stream, err = fetch(FetchPolicy(allow_networks=LOOPBACK), server.image_url("big", "jpg", 300, 300))
+    assert err is None and len(stream.getvalue()) > 200
