@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace, beam_args: list[str]) -> int:
     cfg = config_from_args(args)
     reports = run_all(cfg, beam_args, progress=not args.no_progress)
-    ok = (reports["metadata"]["total"]["balanced"] and reports["download"]["accounting"]["ok"]
+    ok = (reports["metadata"]["total"]["balanced"] and reports["download"]["total"]["balanced"]
           and reports["score"]["total"]["balanced"])
     shards = reports["score"].get("shards", {})
     print(f"final shards: {shards.get('count', '?')} in {shards.get('folder', cfg.output)}")

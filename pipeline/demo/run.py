@@ -90,7 +90,7 @@ def main(args: argparse.Namespace, beam_args: list[str]) -> int:
     _section("stage 3 (score): precomputed scores, 0.26 rule for laion_zh, final shards")
     score = run_score(cfg, beam_args)
     R.print_funnel(score, "stage 3 (score) funnel")
-    ok = meta["total"]["balanced"] and down["accounting"]["ok"] and score["total"]["balanced"]
+    ok = meta["total"]["balanced"] and down["total"]["balanced"] and score["total"]["balanced"]
     inspect_outputs(out)
     if args.train_steps > 0:
         _section(f"training a tiny Chinese CLIP for {args.train_steps} steps (stage 1 LiT, then stage 2)")

@@ -277,17 +277,17 @@ def _remove_empty_work_dir(output: str) -> None:
 
 
 def summary_lines(report: dict) -> list[str]:
-    total = report["total"]
+    total, down = report["total"], report["download"]
     lines = [
-        f"download: {total['shards_done']}/{total['shards']} shards, {total['rows_in']} rows, "
-        f"{total['success']} ok ({total['success_rate']:.1%})"
+        f"download: {down['shards_done']}/{down['shards']} shards, {total['rows_in']} rows, "
+        f"{total['kept']} ok ({down['success_rate']:.1%})"
     ]
-    for field in ("failed_to_download", "failed_to_resize", "rejected_before_download"):
-        if total[field]:
-            parts = ", ".join(f"{k} {v}" for k, v in sorted(total[field].items(), key=lambda x: -x[1]))
+    for field, counts in down["by_status"].items():
+        if counts:
+            parts = ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda x: -x[1]))
             lines.append(f"  {field}: {parts}")
-    if not report["accounting"]["ok"]:
-        lines.append("  ACCOUNTING MISMATCH: rows in != success + failed + rejected")
+    if not total["balanced"]:
+        lines.append("  ACCOUNTING MISMATCH: rows in != kept + rejected")
     return lines
 
 
@@ -307,4 +307,4 @@ def main(args: argparse.Namespace, beam_args: list[str]) -> int:
         missing &= set(args.shards)
     if missing:
         print(f"  not done: {sorted(missing)[:10]} (run again to resume)")
-    return 0 if report["accounting"]["ok"] and not missing else 1
+    return 0 if report["total"]["balanced"] and not missing else 1

@@ -11,6 +11,8 @@ import json
 import os
 
 import fsspec
+from zhclip.pipeline.core import reasons as RS
+from zhclip.pipeline.core import report as R
 from zhclip.pipeline.download.shard import shard_files
 
 REPORT_DIR = "report"
@@ -31,21 +33,39 @@ def read_shard_stats(output: str, shard: str) -> dict | None:
         return None
 
 
+# Keys of a shard's per-source counts that are totals, not reasons.
+_TOTAL_KEYS = frozenset({"rows_in", "success", "failed", "rejected_before_download"})
+STATUS_FIELDS = ("failed_to_download", "failed_to_resize", "rejected_before_download")
+
+
+def _source_counts(counts: dict) -> dict:
+    """One source's shard counts in the funnel shape of zhclip.pipeline.core.report.
+
+    Shards written before reasons were counted per source carry only totals;
+    their unexplained failures become ``download:unclassified`` so the report
+    still balances and says why it cannot say more.
+    """
+    reasons = {k: v for k, v in counts.items() if k not in _TOTAL_KEYS}
+    missing = counts.get("failed", 0) + counts.get("rejected_before_download", 0) - sum(reasons.values())
+    if missing > 0:
+        reasons[RS.download_reason("unclassified")] = missing
+    return {"rows_in": counts.get("rows_in", 0), "kept": counts.get("success", 0),
+            "reasons": reasons}
+
+
 def build_report(output: str, shards: list[str]) -> dict:
-    """Per-shard and total counts; ``accounting_ok`` says rows in = kept + failed + rejected."""
+    """Stage 2's funnel (the same shape as stages 1 and 3), plus per-shard detail.
+
+    ``sources``/``total`` count rows in, kept (downloaded and resized) and
+    rejected by reason (``download:<error class>``, or the reason a row was
+    refused before any request); ``download`` adds shard progress and the
+    failures by img2dataset status.
+    """
     per_shard: dict[str, dict] = {}
-    total = {
-        "shards": len(shards),
-        "shards_done": 0,
-        "rows_in": 0,
-        "success": 0,
-        "failed_to_download": {},
-        "failed_to_resize": {},
-        "rejected_before_download": {},
-        "duration_s": 0.0,
-    }
-    per_source: dict[str, dict] = {}
+    by_status: dict[str, dict] = {f: {} for f in STATUS_FIELDS}
+    merged: list[R.Counts] = []
     missing = []
+    duration = 0.0
     for shard in shards:
         stats = read_shard_stats(output, shard)
         if stats is None:
@@ -53,57 +73,35 @@ def build_report(output: str, shards: list[str]) -> dict:
             per_shard[shard] = {"done": False}
             continue
         zh = stats["zhclip"]
-        entry = {
+        per_shard[shard] = {
             "done": True,
             "rows_in": zh["input_rows"],
             "success": zh["success"],
-            "failed_to_download": zh["failed_to_download"],
-            "failed_to_resize": zh["failed_to_resize"],
-            "rejected_before_download": zh["rejected_before_download"],
-            "per_source": zh["per_source"],
+            **{f: zh[f] for f in STATUS_FIELDS},
             "accounting_ok": zh["accounting_ok"],
             "download_runs": zh.get("download_runs", 1),
             "duration_s": stats["duration"],
         }
-        per_shard[shard] = entry
-        total["shards_done"] += 1
-        total["rows_in"] += entry["rows_in"]
-        total["success"] += entry["success"]
-        total["duration_s"] += entry["duration_s"]
-        for field in ("failed_to_download", "failed_to_resize", "rejected_before_download"):
-            _add(total[field], entry[field])
-        for source, counts in entry["per_source"].items():
-            _add(per_source.setdefault(source, {}), counts)
-    failed = sum(sum(total[f].values()) for f in ("failed_to_download", "failed_to_resize"))
-    rejected = sum(total["rejected_before_download"].values())
-    total["failed_to_download_total"] = sum(total["failed_to_download"].values())
-    total["failed_to_resize_total"] = sum(total["failed_to_resize"].values())
-    total["success_rate"] = round(total["success"] / total["rows_in"], 4) if total["rows_in"] else 0.0
-    for counts in per_source.values():
-        for k in ("success", "failed", "rejected_before_download"):
-            counts.setdefault(k, 0)
-        counts["accounting_ok"] = counts["rows_in"] == (
-            counts["success"] + counts["failed"] + counts["rejected_before_download"]
-        )
-    accounting_ok = (
-        total["rows_in"] == total["success"] + failed + rejected
-        and all(e.get("accounting_ok", True) for e in per_shard.values())
-        and all(c["accounting_ok"] for c in per_source.values())
-    )
-    return {
-        "stage": "download",
-        "total": total,
-        "per_source": dict(sorted(per_source.items())),
-        "accounting": {
-            "rows_in": total["rows_in"],
-            "success": total["success"],
-            "failed": failed,
-            "rejected_before_download": rejected,
-            "ok": accounting_ok,
+        duration += stats["duration"]
+        for f in STATUS_FIELDS:
+            _add(by_status[f], zh[f])
+        merged.append({src: _source_counts(c) for src, c in zh["per_source"].items()})
+    shards_ok = all(e.get("accounting_ok", True) for e in per_shard.values())
+    report = R.finalize("download", R.merge_counts(merged), {
+        "download": {
+            "shards": len(shards),
+            "shards_done": len(shards) - len(missing),
+            "duration_s": round(duration, 3),
+            "by_status": by_status,
         },
         "missing_shards": missing,
         "shards": per_shard,
-    }
+    })
+    total = report["total"]
+    total["balanced"] = total["balanced"] and shards_ok
+    report["download"]["success_rate"] = (
+        round(total["kept"] / total["rows_in"], 4) if total["rows_in"] else 0.0)
+    return report
 
 
 def write_report(output: str, report: dict) -> str:

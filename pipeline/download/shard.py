@@ -268,12 +268,16 @@ def shard_stats(
             status_dict[STATUS_SUCCESS] += 1
         else:
             src["failed"] += 1
+            src[RS.download_reason(cls or "other")] += 1
             failed.setdefault(status or "unknown", Counter())[cls or "other"] += 1
             status_dict[msg or ""] += 1
-    for source in shard_input.rejects.column(S.SOURCE).to_pylist():
+    early = zip(shard_input.rejects.column(S.SOURCE).to_pylist(),
+                shard_input.rejects.column(S.REASON).to_pylist(), strict=True)
+    for source, reason in early:
         src = per_source.setdefault(source or "", Counter())
         src["rows_in"] += 1
         src["rejected_before_download"] += 1
+        src[reason] += 1
     rejected_early = Counter(shard_input.rejects.column(S.REASON).to_pylist())
     accounted = (
         by_status[STATUS_SUCCESS]

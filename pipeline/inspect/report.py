@@ -97,14 +97,12 @@ def funnel_steps(reports: dict[str, dict[str, Any]], problems: list[str] | None 
     down = reports.get("download")
     if down is not None:
         total = down.get("total") if isinstance(down.get("total"), dict) else {}
-        success = _int(total.get("success"))
-        if success is None and isinstance(down.get("accounting"), dict):
-            success = _int(down["accounting"].get("success"))
+        success = _int(total.get("kept"))
         if success is None:
-            problems.append("report/download.json: no total.success")
+            problems.append("report/download.json: no total.kept")
         else:
             steps.append(FunnelStep("download", "downloaded and resized", success,
-                                    _per_source(down.get("per_source"), "success")))
+                                    _per_source(down.get("sources"), "kept")))
     score = reports.get("score")
     if score is not None:
         total = score.get("total") if isinstance(score.get("total"), dict) else {}
@@ -128,12 +126,6 @@ def stage_reasons(reports: dict[str, dict[str, Any]]) -> list[StageReasons]:
         reasons: dict[str, int] = {}
         if isinstance(total.get("reasons"), dict):
             reasons = {str(k): v for k, v in total["reasons"].items() if _int(v) is not None}
-        else:  # stage 2's shape: failure classes per status
-            for key in ("failed_to_download", "failed_to_resize", "rejected_before_download"):
-                if isinstance(total.get(key), dict):
-                    for reason, n in total[key].items():
-                        if _int(n) is not None:
-                            reasons[f"{key}:{reason}"] = reasons.get(f"{key}:{reason}", 0) + n
         top = dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_REASONS])
         out.append(StageReasons(stage, sum(reasons.values()), top))
     return out

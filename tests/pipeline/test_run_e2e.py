@@ -41,9 +41,9 @@ def test_accounting_chains_across_stages(run_out):
     meta = json.loads((out / "report" / "metadata.json").read_text())
     down = json.loads((out / "report" / "download.json").read_text())
     score = json.loads((out / "report" / "score.json").read_text())
-    assert meta["total"]["balanced"] and down["accounting"]["ok"] and score["total"]["balanced"]
+    assert meta["total"]["balanced"] and down["total"]["balanced"] and score["total"]["balanced"]
     assert down["total"]["rows_in"] == meta["total"]["kept"]
-    assert score["total"]["rows_in"] == down["total"]["success"]
+    assert score["total"]["rows_in"] == down["total"]["kept"]
     table = SH.read_dataset_table(str(out / "dataset"))
     assert table.num_rows == score["total"]["kept"]
     keys = table.column(S.KEY).to_pylist()
@@ -68,5 +68,6 @@ def test_policies_and_caption_aware_image_dedup(run_out):
 def test_download_failures_are_recorded_with_their_class(run_out):
     _, out = run_out
     down = json.loads((out / "report" / "download.json").read_text())
-    assert down["total"]["failed_to_download"].get("http_4xx") == 1  # the sample's dead link
-    assert sum(down["total"]["failed_to_resize"].values()) == 1  # a text file served as an image
+    assert down["download"]["by_status"]["failed_to_download"].get("http_4xx") == 1  # the sample's dead link
+    assert down["total"]["reasons"].get("download:http_4xx") == 1
+    assert sum(down["download"]["by_status"]["failed_to_resize"].values()) == 1  # a text file served as an image

@@ -39,7 +39,7 @@ def test_demo_end_to_end_and_rerun(tmp_path):
     assert {r.split(":")[1] for r in meta["total"]["reasons"] if r.startswith("blacklist:")} == {
         "advertising", "filenames", "watermark", "contact"}
     down = json.loads((out / "report" / "download.json").read_text())
-    assert down["total"]["failed_to_download"] and down["total"]["failed_to_resize"]
+    assert down["download"]["by_status"]["failed_to_download"] and down["download"]["by_status"]["failed_to_resize"]
     manifest = json.loads((out / "dataset" / "manifest.json").read_text())
     assert len(manifest["shards"]) >= 2
     assert (out / "report" / "funnel.png").stat().st_size > 0

@@ -172,20 +172,24 @@ def test_accounting_holds_per_shard_per_source_and_in_total(fault_run):
     total = report["total"]
     assert total["rows_in"] == 9 + len(FAULTS) + 7
     n_fail_faults = sum(1 for f in FAULTS.values() if f.expected_class)
-    assert total["success"] == 9 + (len(FAULTS) - n_fail_faults) + 4
-    acc = report["accounting"]
-    assert acc["ok"] and acc["rows_in"] == acc["success"] + acc["failed"] + acc["rejected_before_download"]
-    assert report["per_source"]["laion_zh"] == {
-        "rows_in": 9, "success": 9, "failed": 0, "rejected_before_download": 0, "accounting_ok": True}
-    assert report["per_source"]["wukong"]["failed"] == n_fail_faults
+    assert total["kept"] == 9 + (len(FAULTS) - n_fail_faults) + 4
+    total = report["total"]
+    assert total["balanced"] and total["rows_in"] == total["kept"] + total["rejected"]
+    assert report["sources"]["laion_zh"] == {
+        "rows_in": 9, "kept": 9, "rejected": 0, "balanced": True, "reasons": {}}
+    wukong = report["sources"]["wukong"]
+    assert sum(n for r, n in wukong["reasons"].items() if r.startswith("download:")) == n_fail_faults
+    assert wukong["balanced"]
     assert all(s["accounting_ok"] for s in report["shards"].values())
     on_disk = json.loads((out / "report" / "download.json").read_text())
     assert on_disk["total"] == total
     # the classes the issue names show up in the report by name
-    classes = {**total["failed_to_download"], **total["failed_to_resize"]}
+    by_status = report["download"]["by_status"]
+    classes = {**by_status["failed_to_download"], **by_status["failed_to_resize"]}
     for cls in ("timeout", "http_4xx", "http_5xx", "disallowed_by_header", "private_address",
                 "too_large", "redirect_loop", "truncated_image", "not_an_image", "empty_body"):
         assert classes.get(cls, 0) >= 1, cls
+        assert total["reasons"].get(f"download:{cls}", 0) == classes[cls], cls
 
 
 def test_outputs_are_webdataset_with_stage1_columns(fault_run):
@@ -244,7 +248,7 @@ def test_half_written_and_stale_shards_are_redone(server, tmp_path):
     # the URL shard changed since: outputs no longer match their input
     write_url_shard(out, "s", [row(f"k:{i}", server.image_url(f"h{i}")) for i in range(6)])
     report = run(cfg)
-    assert report["total"]["rows_in"] == 6 and report["total"]["success"] == 6
+    assert report["total"]["rows_in"] == 6 and report["total"]["kept"] == 6
     assert_shard_consistent(out, "s")
 
 
@@ -256,14 +260,14 @@ def test_retry_failed_recovers_only_failed_rows(server, tmp_path):
     write_url_shard(out, "r", steady + flaky + gone)
     cfg = make_cfg(out)
     first = run(cfg)
-    assert first["total"]["success"] == 4
-    assert first["total"]["failed_to_download"] == {"http_5xx": 3, "http_4xx": 1}
+    assert first["total"]["kept"] == 4
+    assert first["download"]["by_status"]["failed_to_download"] == {"http_5xx": 3, "http_4xx": 1}
 
     second = run(cfg, retry_failed=True)
-    assert second["total"]["success"] == 7
-    assert second["total"]["failed_to_download"] == {"http_4xx": 1}
+    assert second["total"]["kept"] == 7
+    assert second["download"]["by_status"]["failed_to_download"] == {"http_4xx": 1}
     assert second["shards"]["r"]["download_runs"] == 2
-    assert second["accounting"]["ok"]
+    assert second["total"]["balanced"]
     table = assert_shard_consistent(out, "r")
     assert table.num_rows == 8
     # successes of the first run were copied, not fetched again
@@ -273,7 +277,7 @@ def test_retry_failed_recovers_only_failed_rows(server, tmp_path):
     assert rejects[S.KEY].to_pylist() == ["gone:0"]
 
     third = run(cfg, retry_failed=True)  # the 404 stays a 404; nothing else changes
-    assert third["total"]["success"] == 7 and third["shards"]["r"]["download_runs"] == 3
+    assert third["total"]["kept"] == 7 and third["shards"]["r"]["download_runs"] == 3
     assert_shard_consistent(out, "r")
 
 
@@ -288,12 +292,12 @@ def test_guard_blocks_loopback_directly_and_through_dns_unless_allowed(server, t
     write_url_shard(allowed_out, "g", rows)
     before = server.request_count("/img/g0.jpg") + server.request_count("/img/g1.jpg")
     blocked = run(make_cfg(blocked_out, allow=()))
-    assert blocked["total"]["failed_to_download"] == {PRIVATE_ADDRESS: 2}
+    assert blocked["download"]["by_status"]["failed_to_download"] == {PRIVATE_ADDRESS: 2}
     assert server.request_count("/img/g0.jpg") + server.request_count("/img/g1.jpg") == before
     reasons = pq.read_table(shard_files(str(blocked_out), "g").rejects)[S.REASON].to_pylist()
     assert reasons == [RS.REASON_PRIVATE_ADDRESS] * 2
     allowed = run(make_cfg(allowed_out, allow=("127.0.0.0/8",)))
-    assert allowed["total"]["success"] == 2
+    assert allowed["total"]["kept"] == 2
 
 
 def test_file_urls_work_when_allowed_and_are_refused_otherwise(tmp_path):
@@ -310,9 +314,9 @@ def test_file_urls_work_when_allowed_and_are_refused_otherwise(tmp_path):
     write_url_shard(on, "f", rows)
     write_url_shard(off, "f", rows)
     allowed = run(make_cfg(on, allow=(), schemes=("http", "https", "file")))
-    assert allowed["total"]["success"] == 4
+    assert allowed["total"]["kept"] == 4
     refused = run(make_cfg(off, allow=()))
-    assert refused["total"]["failed_to_download"] == {SCHEME_NOT_ALLOWED: 4}
+    assert refused["download"]["by_status"]["failed_to_download"] == {SCHEME_NOT_ALLOWED: 4}
 
 
 # --- the command line -------------------------------------------------------------------------
@@ -412,7 +416,7 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_result(tmp_path):
 
         resumed = run(make_cfg(killed, thread_count=2, timeout=1))
         full = run(make_cfg(reference, thread_count=2, timeout=1))
-    assert resumed["total"] == {**full["total"], "duration_s": resumed["total"]["duration_s"]}
+    assert resumed["total"] == full["total"] and resumed["sources"] == full["sources"]
     assert success_keys(killed) == success_keys(reference)
     assert len(success_keys(killed)) == 4 * 11
     for name in shards:
@@ -431,8 +435,8 @@ def test_multi_processing_direct_runner(server, tmp_path):
         make_cfg(out), ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
         progress=False,
     )
-    assert report["total"]["success"] == 8
-    assert report["total"]["failed_to_download"] == {PRIVATE_ADDRESS: 2}
+    assert report["total"]["kept"] == 8
+    assert report["download"]["by_status"]["failed_to_download"] == {PRIVATE_ADDRESS: 2}
     for s in range(2):
         assert_shard_consistent(out, f"m{s}")
 
@@ -447,7 +451,7 @@ def test_empty_and_unreadable_url_shards(server, tmp_path):
     assert_shard_consistent(out, "empty")
     assert report["shards"]["fine"]["success"] == 1
     assert report["missing_shards"] == ["broken"]
-    assert report["accounting"]["ok"]
+    assert report["total"]["balanced"]
 
 
 def test_output_on_a_non_local_filesystem(server):
@@ -463,7 +467,7 @@ def test_output_on_a_non_local_filesystem(server):
         cfg = make_cfg(Path("unused"))
         cfg.output = f"memory://{root}"
         report = run(cfg, isolate=False)  # memory:// is private to one process
-        assert report["total"]["success"] == 1 and report["accounting"]["ok"]
+        assert report["total"]["kept"] == 1 and report["total"]["balanced"]
         assert fs.exists(f"{root}/downloads/00000.tar") and fs.exists(f"{root}/report/download.json")
         assert fs.exists(f"{root}/rejects/download-00000.parquet")
         again = run(cfg, retry_failed=True, isolate=False)

@@ -393,11 +393,9 @@ def _write_reports(out: Path) -> dict:
     meta = R.finalize("metadata", R.merge_counts([
         R.counts("laion_zh", 100, 70, {"caption_too_short": 20, "not_zh": 10}),
         R.counts("wukong", 50, 45, {"duplicate_url": 5})]))
-    download = {"stage": "download", "total": {"rows_in": 115, "success": 90,
-                                              "failed_to_download": {"http_404": 20}, "failed_to_resize": {"decode": 5},
-                                              "rejected_before_download": {}},
-                "per_source": {"laion_zh": {"rows_in": 70, "success": 55, "failed": 15},
-                               "wukong": {"rows_in": 45, "success": 35, "failed": 10}}}
+    download = R.finalize("download", R.merge_counts([
+        R.counts("laion_zh", 70, 55, {"download:http_4xx": 15}),
+        R.counts("wukong", 45, 35, {"download:http_4xx": 5, "download:invalid_image": 5})]))
     score = R.finalize("score", R.merge_counts([
         R.counts("laion_zh", 55, 40, {"low_similarity": 15}), R.counts("wukong", 35, 33, {"duplicate_image": 2})]),
         {"histogram": {"bin_edges": [0.0, 0.2, 0.4], "counts": {"laion_zh": [5, 35], "wukong": [3, 30]}}})
@@ -441,7 +439,7 @@ def test_report_funnel_data_png_and_summary(built, tmp_path, capsys):
         assert img.size == (1200, 450)
     md = (out / "report" / "summary.md").read_text()
     assert "| score | final: scored, deduplicated, kept | 73 | 48.7 | 40 | 33 |" in md
-    assert "`failed_to_download:http_404`: 20" in md and "13 samples in 3 shards" in md
+    assert "`download:http_4xx`: 20" in md and "13 samples in 3 shards" in md
     html = (out / "report" / "summary.html").read_text()
     assert '<img src="funnel.png"' in html and "<td>73</td>" in html
 
