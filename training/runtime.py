@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from zhclip.pipeline.core.config import ConfigError
+from zhclip.pipeline.core.devices import resolve_device
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -44,15 +45,7 @@ class Runtime:
 
 
 def _pick_device(requested: str, local_rank: int) -> torch.device:
-    if requested == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(requested)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"train.device {requested!r}: no CUDA device on this machine")
-        if device.index is None:
-            device = torch.device(f"cuda:{local_rank}")
-    return device
+    return torch.device(resolve_device(requested, key="train.device", local_rank=local_rank))
 
 
 def _pick_precision(requested: str, device: torch.device) -> str:

@@ -8,9 +8,9 @@ those a previous run finished and this one skipped.
 from __future__ import annotations
 
 import json
-import os
 
 import fsspec
+from zhclip.pipeline.core import paths
 from zhclip.pipeline.core import reasons as RS
 from zhclip.pipeline.core import report as R
 from zhclip.pipeline.download.shard import shard_files
@@ -106,11 +106,6 @@ def build_report(output: str, shards: list[str]) -> dict:
 
 def write_report(output: str, report: dict) -> str:
     """Write the report atomically (temporary name, then rename); returns its path."""
-    path = f"{output.rstrip('/')}/{REPORT_DIR}/{REPORT_NAME}"
-    fs, local = fsspec.core.url_to_fs(path)
-    fs.makedirs(os.path.dirname(local), exist_ok=True)
-    tmp = local + ".tmp"
-    with fs.open(tmp, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2, ensure_ascii=False)
-    fs.mv(tmp, local)
+    path = paths.join(output, REPORT_DIR, REPORT_NAME)
+    paths.write_bytes_atomic(path, R.to_json(report))
     return path

@@ -33,6 +33,7 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 from zhclip.pipeline.core.config import ConfigError, SourceConfig, TranslateConfig
+from zhclip.pipeline.core.devices import resolve_device
 from zhclip.pipeline.core.reasons import REASON_UNTRANSLATED, reject_table
 from zhclip.pipeline.core.schema import (
     CAPTION,
@@ -143,25 +144,6 @@ class LookupTranslator:
 # --- Marian backend ---------------------------------------------------------
 
 
-def resolve_device(device: str) -> str:
-    """Map the config's device to a torch device string ("auto" -> cuda if present)."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError) as exc:
-        raise ConfigError(
-            f"translate.device {device!r} is not a torch device; use auto, cpu or cuda[:N]"
-        ) from exc
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"translate.device is {device!r} but CUDA is not available here; use auto or cpu"
-        )
-    return device
-
-
 class MarianTranslator:
     """A MarianMT model translating batches of distinct sentences, with an LRU cache.
 
@@ -192,7 +174,7 @@ class MarianTranslator:
         self.num_beams = num_beams
         self.cache_size = cache_size
         self.progress = progress
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, key="translate.device")
         try:
             self._tokenizer = MarianTokenizer.from_pretrained(model)
             self._model = MarianMTModel.from_pretrained(model)

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 from zhclip.filters.images import OPENAI_MEAN, OPENAI_STD, clip_pixels
+from zhclip.pipeline.core.devices import resolve_device
 
 
 class ScorerError(RuntimeError):
@@ -102,15 +103,6 @@ def _precomputed(score_config: Any) -> PairScorer:
 # --- embedding scorers (torch) -------------------------------------------------
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; anything else unchanged."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 @dataclass
 class EmbeddingPairScorer:
     """Cosine of an image embedding and a text embedding, in fixed-size batches.
@@ -187,7 +179,7 @@ class EmbeddingPairScorer:
 def _mclip(score_config: Any) -> PairScorer:
     from zhclip.pipeline.score.mclip import load_image_tower, load_mclip_text
 
-    device = resolve_device(score_config.device)
+    device = resolve_device(score_config.device, key="score.device")
     text = load_mclip_text(score_config.model, device=device)
     image = load_image_tower(score_config.image_model, score_config.image_pretrained, device=device)
     if image.embed_dim != text.embed_dim:
@@ -222,7 +214,7 @@ def _zhclip(score_config: Any) -> PairScorer:
             "score.backend=zhclip needs training.export.load_export (written with `zhclip "
             f"train`), which this install does not provide ({err}); use backend mclip or precomputed"
         ) from None
-    device = resolve_device(score_config.device)
+    device = resolve_device(score_config.device, key="score.device")
     model, tokenizer, _ = load_export(score_config.model, device=device)
     spec = getattr(model, "spec", {}) or {}
 
