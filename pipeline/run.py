@@ -11,6 +11,7 @@ import argparse
 from typing import Any
 
 from zhclip.pipeline.core import report as R
+from zhclip.pipeline.core.cliargs import add_common_arguments, apply_common_arguments
 from zhclip.pipeline.core.config import Config, config_from_args
 
 
@@ -36,13 +37,13 @@ def run_all(cfg: Config, beam_args: list[str] | None = None, progress: bool = Tr
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", help="output root OUT (overrides the config's `output`)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_common_arguments(parser)
 
 
 def main(args: argparse.Namespace, beam_args: list[str]) -> int:
+    apply_common_arguments(args)
     cfg = config_from_args(args)
-    reports = run_all(cfg, beam_args, progress=not args.no_progress)
+    reports = run_all(cfg, beam_args, progress=not args.no_progress, echo=not args.quiet)
     ok = (reports["metadata"]["total"]["balanced"] and reports["download"]["total"]["balanced"]
           and reports["score"]["total"]["balanced"])
     shards = reports["score"].get("shards", {})

@@ -20,7 +20,13 @@ import threading
 import time
 
 import fsspec
-from zhclip.pipeline.core.config import ConfigError, config_from_dict, config_to_dict, load_config
+from zhclip.pipeline.core.cliargs import add_common_arguments, apply_common_arguments
+from zhclip.pipeline.core.config import (
+    ConfigError,
+    config_from_args,
+    config_from_dict,
+    config_to_dict,
+)
 from zhclip.pipeline.download.report import build_report, write_report
 from zhclip.pipeline.download.shard import (
     DOWNLOADS_DIR,
@@ -50,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="only this URL shard (file stem under OUT/metadata); repeatable",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_common_arguments(parser)
 
 
 def list_url_shards(output: str) -> list[str]:
@@ -292,7 +298,8 @@ def summary_lines(report: dict) -> list[str]:
 
 
 def main(args: argparse.Namespace, beam_args: list[str]) -> int:
-    cfg = load_config(args.config, args.overrides)
+    apply_common_arguments(args)
+    cfg = config_from_args(args)
     report = run_download(
         cfg,
         beam_args,
@@ -300,8 +307,9 @@ def main(args: argparse.Namespace, beam_args: list[str]) -> int:
         shards=args.shards or None,
         progress=not args.no_progress,
     )
-    for line in summary_lines(report):
-        print(line)
+    if not args.quiet:
+        for line in summary_lines(report):
+            print(line)
     missing = set(report["missing_shards"])
     if args.shards:
         missing &= set(args.shards)

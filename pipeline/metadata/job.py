@@ -39,6 +39,7 @@ from zhclip.filters.rules import RuleSet, apply_rules
 from zhclip.pipeline.core import paths
 from zhclip.pipeline.core import report as R
 from zhclip.pipeline.core import schema as S
+from zhclip.pipeline.core.cliargs import add_common_arguments, apply_common_arguments
 from zhclip.pipeline.core.config import Config, config_from_args, config_to_dict
 from zhclip.pipeline.core.spill import read_parts, remove_spill, spill_folder, write_part
 from zhclip.pipeline.core.tags import TAG_COUNTS as COUNTS
@@ -383,11 +384,11 @@ def run_metadata(cfg: Config, beam_args: list[str] | None = None) -> dict[str, A
 
 # ------------------------------------------------------------------------ CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", help="output root OUT (overrides the config's `output`)")
-    parser.add_argument("--quiet", action="store_true", help="do not print the funnel table")
+    add_common_arguments(parser)
 
 
 def main(args: argparse.Namespace, beam_args: list[str]) -> int:
+    apply_common_arguments(args)
     cfg = config_from_args(args)
     report = run_metadata(cfg, beam_args)
     if not args.quiet:

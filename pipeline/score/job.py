@@ -39,6 +39,7 @@ from zhclip.pipeline.core import paths
 from zhclip.pipeline.core import reasons as RS
 from zhclip.pipeline.core import report as R
 from zhclip.pipeline.core import schema as S
+from zhclip.pipeline.core.cliargs import add_common_arguments, apply_common_arguments
 from zhclip.pipeline.core.config import (
     Config,
     ConfigError,
@@ -439,13 +440,13 @@ def run_score(cfg: Config, beam_args: list[str] | None = None,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", help="output root OUT (overrides the config's `output`)")
+    add_common_arguments(parser)
     parser.add_argument("--downloads", help="img2dataset output folder to score "
                         "(default OUT/downloads)")
-    parser.add_argument("--quiet", action="store_true", help="do not print the funnel table")
 
 
 def main(args: argparse.Namespace, beam_args: list[str]) -> int:
+    apply_common_arguments(args)
     cfg = config_from_args(args)
     report = run_score(cfg, beam_args, downloads=args.downloads)
     if not args.quiet:
