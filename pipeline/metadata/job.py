@@ -44,6 +44,7 @@ from zhclip.pipeline.core.spill import read_parts, remove_spill, spill_folder, w
 from zhclip.pipeline.core.tags import TAG_COUNTS as COUNTS
 from zhclip.pipeline.core.tags import TAG_REJECTS as REJECTS
 from zhclip.pipeline.core.tags import TAG_SPILLED_REJECTS as SPILLED_REJECTS
+from zhclip.pipeline.sources.holdout import load_holdout_ids
 
 METADATA_DIR = "metadata"
 REJECTS_DIR = "rejects"
@@ -71,6 +72,7 @@ def plan_inputs(cfg: Config) -> list[tuple[str, str]]:
         for label, p in (("holdout_ids", src.holdout_ids), ("image_data", src.image_data)):
             if p and not paths.exists(p):
                 raise FileNotFoundError(f"source {src.name}: {label} file not found: {p}")
+        load_holdout_ids(src.holdout_ids)  # an unreadable line stops the job here, not per file
         if src.kind == "visual_genome" and not src.image_data:
             raise FileNotFoundError(f"source {src.name}: visual_genome needs image_data: image_data.json")
         if src.translate and src.translate.backend == "lookup":
