@@ -64,8 +64,8 @@ class SourceConfig(_Strict):
     """Files or globs; relative paths are relative to the config file."""
     languages: list[str] | None = None
     """laion: LANGUAGE values kept (default [zh]); [] keeps every row."""
-    holdout_ids: str | None = None
-    """coco / visual_genome: file of held-out COCO image ids (Karpathy test, COCO-CN test)."""
+    holdout_ids: str | list[str] | None = None
+    """coco / visual_genome: file(s) of held-out COCO image ids: bare ids, COCO file names, COCO-CN lines, Karpathy dataset_coco.json (test split)."""
     image_data: str | None = None
     """visual_genome: image_data.json (image urls and coco_id)."""
     image_root: str | None = None
@@ -358,7 +358,8 @@ def _resolve(base: Path, value: str | None) -> str | None:
 def resolve_relative_paths(cfg: Config, base: Path) -> Config:
     for src in cfg.sources:
         src.paths = [_resolve(base, p) for p in src.paths]
-        src.holdout_ids = _resolve(base, src.holdout_ids)
+        src.holdout_ids = (_resolve(base, src.holdout_ids) if not isinstance(src.holdout_ids, list)
+                           else [_resolve(base, h) for h in src.holdout_ids])
         src.image_data = _resolve(base, src.image_data)
         src.image_root = _resolve(base, src.image_root)
         if src.translate and src.translate.table:

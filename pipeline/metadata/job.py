@@ -69,7 +69,8 @@ def plan_inputs(cfg: Config) -> list[tuple[str, str]]:
             if path not in seen:  # overlapping globs must not read a file twice
                 seen.add(path)
                 files.append((src.name, path))
-        for label, p in (("holdout_ids", src.holdout_ids), ("image_data", src.image_data)):
+        holdouts = src.holdout_ids if isinstance(src.holdout_ids, list) else [src.holdout_ids]
+        for label, p in [*(("holdout_ids", h) for h in holdouts), ("image_data", src.image_data)]:
             if p and not paths.exists(p):
                 raise FileNotFoundError(f"source {src.name}: {label} file not found: {p}")
         load_holdout_ids(src.holdout_ids)  # an unreadable line stops the job here, not per file

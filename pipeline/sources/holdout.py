@@ -101,8 +101,11 @@ def parse_karpathy_json(text: str, origin: str,
     return frozenset(ids)
 
 
-def load_holdout_ids(path: str | None) -> frozenset[int]:
-    """Held-out ids of one file (see the module doc for the formats); empty for no file."""
+def load_holdout_ids(path: str | list[str] | None) -> frozenset[int]:
+    """Held-out ids of a file, or the union over a list of files (Karpathy test +
+    COCO-CN test); see the module doc for the formats. Empty for no file."""
+    if isinstance(path, list):
+        return frozenset().union(*(load_holdout_ids(p) for p in path))
     if not path:
         return frozenset()
     text = paths.read_text(path)

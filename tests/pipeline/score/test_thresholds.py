@@ -10,7 +10,9 @@ import logging
 from pathlib import Path
 
 import pytest
+import yaml
 from zhclip.filters.image_rules import threshold_reason
+from zhclip.pipeline.cli import main as cli_main
 from zhclip.pipeline.core import reasons as RS
 from zhclip.pipeline.core.config import config_from_dict, config_to_dict
 from zhclip.pipeline.core.errors import ConfigError
@@ -74,13 +76,17 @@ def test_name_override_wins_over_kind(tmp_path, downloads):
 
 
 def test_laion_source_without_threshold_is_reported_loudly(tmp_path, downloads, caplog, capsys):
+    """Through `zhclip score`: the report, the log and the terminal all say so."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(_cfg(tmp_path, LAION_CN, thresholds={"wukong": 0.0})))
     with caplog.at_level(logging.WARNING, logger="zhclip.pipeline.score.job"):
-        report = _run(tmp_path, downloads, LAION_CN, thresholds={"wukong": 0.0})
+        assert cli_main(["score", "--config", str(cfg), "--downloads", str(downloads),
+                         "--quiet"]) == 0
+    report = json.loads((tmp_path / REPORT_DIR / REPORT_NAME).read_text())
     assert report["sources"]["laion_cn"]["kept"] == len(SIMS)  # nothing filtered ...
     assert len(report["warnings"]) == 1 and "'laion_cn' has no score threshold" in report["warnings"][0]
-    saved = json.loads((tmp_path / REPORT_DIR / REPORT_NAME).read_text())
-    assert saved["warnings"] == report["warnings"]  # ... and the report and the log say so
     assert any("laion_cn" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+    assert "WARNING: LAION source 'laion_cn' has no score threshold" in capsys.readouterr().err
 
 
 def test_downloads_of_an_unconfigured_source_are_reported(tmp_path, downloads):

@@ -108,3 +108,18 @@ def test_metadata_job_stops_on_a_bad_holdout_line_before_reading(tmp_path: Path)
         {"name": "coco_zh", "kind": "coco", "paths": [str(data)], "holdout_ids": str(holdout)}]})
     with pytest.raises(ConfigError, match=f"{re.escape(str(holdout))}:2:"):
         plan_inputs(cfg)
+
+
+def test_a_list_of_files_is_their_union(tmp_path):
+    karpathy = tmp_path / "dataset_coco.json"
+    karpathy.write_text(_karpathy([{"cocoid": 1, "split": "test"}, {"cocoid": 2, "split": "val"}]))
+    coco_cn = tmp_path / "coco-cn_test.txt"
+    coco_cn.write_text("COCO_val2014_000000000003\n")
+    (tmp_path / "c.yaml").write_text(
+        "sources:\n  - {name: coco_zh, kind: coco, paths: [x.json],\n"
+        "     holdout_ids: [dataset_coco.json, coco-cn_test.txt]}\n")
+    from zhclip.pipeline.core.config import load_config
+
+    src = load_config(tmp_path / "c.yaml").sources[0]
+    assert src.holdout_ids == [str(karpathy), str(coco_cn)]  # relative to the config file
+    assert load_holdout_ids(src.holdout_ids) == {1, 3}
