@@ -10,10 +10,17 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from zhclip.pipeline.core.errors import ConfigError
 
 SOURCE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -57,8 +64,8 @@ class SourceConfig(_Strict):
     """Files or globs; relative paths are relative to the config file."""
     languages: list[str] | None = None
     """laion: LANGUAGE values kept (default [zh]); [] keeps every row."""
-    holdout_ids: str | None = None
-    """coco / visual_genome: file of held-out COCO image ids (Karpathy test, COCO-CN test)."""
+    holdout_ids: str | list[str] | None = None
+    """coco / visual_genome: file(s) of held-out COCO image ids: bare ids, COCO file names, COCO-CN lines, Karpathy dataset_coco.json (test split)."""
     image_data: str | None = None
     """visual_genome: image_data.json (image urls and coco_id)."""
     image_root: str | None = None
@@ -168,6 +175,10 @@ class DownloadConfig(_Strict):
     """Hash stored per image."""
 
 
+#: The paper's only score rule: LAION pairs below an mCLIP cosine of 0.26 are dropped.
+DEFAULT_THRESHOLDS: dict[str, float] = {"laion": 0.26}
+
+
 class ScoreConfig(_Strict):
     backend: Literal["mclip", "precomputed", "zhclip"] = "mclip"
     """mclip: M-CLIP text + CLIP image tower; precomputed: the source's similarity column; zhclip: your trained export."""
@@ -181,8 +192,8 @@ class ScoreConfig(_Strict):
     """Pairs per model call."""
     device: str = "auto"
     """auto (CUDA with bf16 when present), cpu, cuda."""
-    thresholds: dict[str, float] = Field(default_factory=lambda: {"laion_zh": 0.26})
-    """Minimum score per source; sources not listed keep every pair (paper: laion_zh 0.26)."""
+    thresholds: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
+    """Minimum score per source kind (laion, wukong, ...) or source name; a name wins over its kind; sources matching neither keep every pair (paper: laion 0.26)."""
     dedup_images: bool = True
     """Drop exact duplicate images by sha256 (smallest key wins)."""
     decontaminate: str | None = None
@@ -225,13 +236,40 @@ class Config(_Strict):
             raise ValueError(f"source names must be unique; repeated: {dup}")
         return v
 
+    @model_validator(mode="after")
+    def _thresholds_match_sources(self) -> Config:
+        """A threshold key that names no configured source or kind would filter nothing,
+        silently (the paper's LAION rule lost to a renamed source), so it is an error.
+
+        Checked only when sources are configured (a run without them, on a bare
+        download folder, matches keys to the shards' source names). The default
+        entry ``laion: 0.26`` is allowed without a LAION source: it fits any config,
+        and a config dumped and read back (as workers do) carries it explicitly.
+        """
+        if not self.sources:
+            return self
+        known = {s.name for s in self.sources} | {s.kind for s in self.sources}
+        unmatched = sorted(k for k, v in self.score.thresholds.items()
+                           if k not in known and DEFAULT_THRESHOLDS.get(k) != v)
+        if unmatched:
+            listed = ", ".join(f"{s.name} ({s.kind})" for s in self.sources)
+            raise ValueError(
+                f"score.thresholds {unmatched} match no source name or kind; sources: {listed}"
+            )
+        return self
+
+
+SOURCE_KINDS: tuple[str, ...] = get_args(SourceConfig.model_fields["kind"].annotation)
+
 
 def format_validation_error(err: ValidationError, origin: str, prefix: str = "") -> str:
     """One line per problem, each naming the dotted key (with ``prefix``)."""
     lines = [f"invalid config ({origin}):"]
     for e in err.errors():
         loc = prefix + ".".join(str(p) for p in e["loc"])
-        if e["type"] == "extra_forbidden":
+        if not e["loc"]:  # a whole-config rule: its message names the keys itself
+            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
+        elif e["type"] == "extra_forbidden":
             lines.append(f"  unknown key '{loc}' (check the spelling; see README 'Configuration')")
         else:
             lines.append(f"  '{loc}': {e['msg']}")
@@ -320,7 +358,8 @@ def _resolve(base: Path, value: str | None) -> str | None:
 def resolve_relative_paths(cfg: Config, base: Path) -> Config:
     for src in cfg.sources:
         src.paths = [_resolve(base, p) for p in src.paths]
-        src.holdout_ids = _resolve(base, src.holdout_ids)
+        src.holdout_ids = (_resolve(base, src.holdout_ids) if not isinstance(src.holdout_ids, list)
+                           else [_resolve(base, h) for h in src.holdout_ids])
         src.image_data = _resolve(base, src.image_data)
         src.image_root = _resolve(base, src.image_root)
         if src.translate and src.translate.table:

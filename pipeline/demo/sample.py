@@ -273,6 +273,6 @@ def sample_config(root: str | Path, output: str | Path) -> dict:
         "filters": {"urls": {"allow_networks": ["127.0.0.0/8"]}},
         "metadata": {"rows_per_shard": 100, "dedup_buckets": 4},
         "download": {"image_size": 64, "timeout": 5, "retries": 0, "thread_count": 8},
-        "score": {"backend": "precomputed", "thresholds": {"laion_zh": 0.26}},
+        "score": {"backend": "precomputed", "thresholds": {"laion": 0.26}},
         "shards": {"samples_per_shard": 100, "val_fraction": 0.1},
     }

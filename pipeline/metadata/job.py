@@ -45,6 +45,7 @@ from zhclip.pipeline.core.spill import read_parts, remove_spill, spill_folder, w
 from zhclip.pipeline.core.tags import TAG_COUNTS as COUNTS
 from zhclip.pipeline.core.tags import TAG_REJECTS as REJECTS
 from zhclip.pipeline.core.tags import TAG_SPILLED_REJECTS as SPILLED_REJECTS
+from zhclip.pipeline.sources.holdout import load_holdout_ids
 
 METADATA_DIR = "metadata"
 REJECTS_DIR = "rejects"
@@ -69,9 +70,11 @@ def plan_inputs(cfg: Config) -> list[tuple[str, str]]:
             if path not in seen:  # overlapping globs must not read a file twice
                 seen.add(path)
                 files.append((src.name, path))
-        for label, p in (("holdout_ids", src.holdout_ids), ("image_data", src.image_data)):
+        holdouts = src.holdout_ids if isinstance(src.holdout_ids, list) else [src.holdout_ids]
+        for label, p in [*(("holdout_ids", h) for h in holdouts), ("image_data", src.image_data)]:
             if p and not paths.exists(p):
                 raise FileNotFoundError(f"source {src.name}: {label} file not found: {p}")
+        load_holdout_ids(src.holdout_ids)  # an unreadable line stops the job here, not per file
         if src.kind == "visual_genome" and not src.image_data:
             raise FileNotFoundError(f"source {src.name}: visual_genome needs image_data: image_data.json")
         if src.translate and src.translate.backend == "lookup":

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -59,6 +60,7 @@ from zhclip.pipeline.score.steps import (
     ShardScorer,
     histogram,
 )
+from zhclip.pipeline.score.thresholds import plan_thresholds
 from zhclip.pipeline.shards import format as SH
 
 log = logging.getLogger(__name__)
@@ -100,7 +102,8 @@ class ScoreShard(beam.DoFn):
     def setup(self) -> None:
         cfg = config_from_dict(self._cfg)
         scorer = self._shared.acquire(lambda: _ScorerHolder(build_scorer(cfg.score))).scorer
-        self._steps = ShardScorer(scorer, cfg.score, cfg.shards.val_fraction, self._eval_hashes)
+        self._steps = ShardScorer(scorer, cfg.score, cfg.shards.val_fraction, self._eval_hashes,
+                                  thresholds=plan_thresholds(cfg).by_source)
         self._spill = spill_folder(cfg.output, "score", "images")
         self._pairs = Metrics.counter("zhclip.score", "pairs_scored")
         self._shards = Metrics.counter("zhclip.score", "shards_read")
@@ -254,7 +257,12 @@ def _merge_hist(items: list[dict[str, Any]]) -> dict[str, Any]:
 def finalize(_: Any, out: str, cfg_dict: dict[str, Any], shard_infos: list[dict[str, Any]],
              counts: list[R.Counts], hists: list[dict[str, Any]], reject_files: list[str],
              extra: dict[str, Any]) -> dict[str, Any]:
-    """Write manifest.json, remove an earlier run's leftovers, write report/score.json."""
+    """Write manifest.json, remove an earlier run's leftovers, write report/score.json.
+
+    The report's ``warnings`` list says what the run could not do as configured
+    (a LAION source without a threshold, ...); :func:`run_score` logs each on the driver.
+    """
+    plan = plan_thresholds(config_from_dict(cfg_dict))
     dataset = paths.join(out, SH.DATASET_DIR)
     manifest = SH.build_manifest(shard_infos, cfg_dict)
     keep = {name for s in manifest["shards"] for name in s["files"]}
@@ -265,9 +273,13 @@ def finalize(_: Any, out: str, cfg_dict: dict[str, Any], shard_infos: list[dict[
         if name.startswith(REJECT_FILE_PREFIX) and name not in reject_files:
             paths.remove(uri)
     hist = _merge_hist(hists)
+    merged = R.merge_counts(counts)
+    warnings = plan.runtime_warnings(merged)
     step = (HIST_RANGE[1] - HIST_RANGE[0]) / HIST_BINS
-    report = R.finalize(STAGE, R.merge_counts(counts), {
+    report = R.finalize(STAGE, merged, {
         **extra,
+        "source_thresholds": dict(sorted(plan.by_source.items())),
+        "warnings": warnings,
         "shards": {"count": len(manifest["shards"]), "splits": manifest["splits"],
                    "folder": dataset},
         "rejects": sorted(reject_files),
@@ -346,7 +358,7 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, shards: list[SH.DownloadShard]
     extra = {
         "backend": cfg.score.backend,
         "model": cfg.score.model if cfg.score.backend != "precomputed" else None,
-        "thresholds": dict(cfg.score.thresholds),
+        "thresholds": dict(cfg.score.thresholds),  # as configured; source_thresholds: resolved
         "dedup_images": cfg.score.dedup_images,
         "decontaminate": cfg.score.decontaminate,
         "eval_images": len(eval_hashes),
@@ -436,6 +448,8 @@ def run_score(cfg: Config, beam_args: list[str] | None = None,
     remove_spill(cfg.output, "score")
     report = json.loads(paths.read_text(paths.join(cfg.output, REPORT_DIR, REPORT_NAME)))
     report["seconds"] = round(time.time() - started, 3)
+    for message in report.get("warnings", []):
+        log.warning("score: %s", message)
     return report
 
 
@@ -453,4 +467,6 @@ def main(args: argparse.Namespace, beam_args: list[str]) -> int:
         R.print_funnel(report, "stage 3 (score) funnel")
         print(f"final shards: {report['shards']['count']} in {report['shards']['folder']}  "
               f"report: {paths.join(cfg.output, REPORT_DIR, REPORT_NAME)}")
+    for message in report.get("warnings", []):
+        print(f"WARNING: {message}", file=sys.stderr)
     return 0 if report["total"]["balanced"] else 1

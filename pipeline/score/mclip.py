@@ -238,17 +238,96 @@ class ImageTower:
     embed_dim: int
 
 
-def load_image_tower(model_name: str, pretrained: str | None, device: str = "cpu") -> ImageTower:
+def _jit_archive(path: str) -> bool:
+    """True for a TorchScript archive, the format of OpenAI's published ``.pt`` files."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
+
+
+def declared_quick_gelu(model_name: str, pretrained: str | None) -> bool | None:
+    """The activation the image weights were trained with, as their source declares it.
+
+    - ``local-dir:``: the folder's open_clip_config.json (``quick_gelu``, absent = GELU);
+    - a built-in name with a pretrained tag: open_clip's pretrained table, which marks
+      OpenAI's and other QuickGELU-trained weights ``quick_gelu=True``;
+    - a TorchScript archive file: an OpenAI release, all QuickGELU;
+    - anything else (a plain state-dict file, random weights): None, it declares nothing.
+
+    open_clip itself only warns on a mismatch, and a mismatched tower gives shifted
+    embeddings with no other symptom, so the scorer refuses one.
+    """
+    import open_clip
+
+    if model_name.startswith("local-dir:"):
+        cfg_file = Path(model_name[len("local-dir:"):]) / "open_clip_config.json"
+        if not cfg_file.is_file():
+            return None  # open_clip raises its own clear error for the missing file
+        model_cfg = json.loads(cfg_file.read_text(encoding="utf-8")).get("model_cfg", {})
+        return bool(model_cfg.get("quick_gelu", False))
+    if model_name.startswith("hf-hub:"):
+        return _hub_quick_gelu(model_name[len("hf-hub:"):])
+    tag = None if pretrained in (None, "", "none", "None") else pretrained
+    if tag is None:
+        return None
+    if Path(tag).expanduser().is_file():
+        return True if _jit_archive(str(Path(tag).expanduser())) else None
+    pcfg = open_clip.get_pretrained_cfg(model_name.replace("/", "-"), tag)
+    return bool(pcfg.get("quick_gelu", False)) if pcfg else None
+
+
+def _hub_quick_gelu(repo: str) -> bool | None:
+    """``quick_gelu`` of a hub repo's open_clip_config.json; None when it cannot be read
+    (open_clip then fails on the same download with its own message)."""
+    try:
+        from huggingface_hub import hf_hub_download
+
+        cfg = json.loads(Path(hf_hub_download(repo, "open_clip_config.json")).read_text("utf-8"))
+    except Exception:  # noqa: BLE001 - any failure here resurfaces in create_model
+        return None
+    return bool(cfg.get("model_cfg", {}).get("quick_gelu", False))
+
+
+def uses_quick_gelu(module: torch.nn.Module) -> bool:
+    """Whether a built tower's MLPs use QuickGELU (and no nn.GELU): the built fact, not the config."""
+    from open_clip.transformer import QuickGELU
+
+    kinds = {type(m) for m in module.modules()}
+    return QuickGELU in kinds and torch.nn.GELU not in kinds
+
+
+def load_image_tower(model_name: str, pretrained: str | None, device: str = "cpu",
+                     quick_gelu: bool = True) -> ImageTower:
     """Image tower of an open_clip model: ``("ViT-B-32", "openai")``, a checkpoint file as
     ``pretrained``, or ``"local-dir:/folder"`` (open_clip_config.json + weights).
 
     ``pretrained`` empty or "none" gives random weights (benchmarks).
+
+    The tower is built with QuickGELU when ``quick_gelu`` (the default: M-CLIP was
+    distilled against OpenAI's ViT-B/32, whose blocks use QuickGELU, and LAION's
+    0.26 threshold is that model's cosine), whatever the open_clip config name
+    defaults to (``ViT-B-32`` is nn.GELU). Weights that declare the other
+    activation are a :class:`ModelLoadError`, and so is a built tower whose
+    activation is not the one asked for.
     """
     import open_clip
 
+    declared = declared_quick_gelu(model_name, pretrained)
+    if declared is not None and declared != quick_gelu:
+        raise ModelLoadError(
+            f"image weights {model_name!r} (pretrained={pretrained!r}) were trained with "
+            f"{_act(declared)}, but this tower is built with {_act(quick_gelu)}; the mclip "
+            "scorer needs OpenAI's ViT-B/32 (QuickGELU) weights, e.g. image_model ViT-B-32 with "
+            "image_pretrained openai"
+        )
     tag = None if pretrained in (None, "", "none", "None") else pretrained
+    # force_quick_gelu sets it; the keyword (last override) clears it when GELU is asked for.
+    kwargs: dict[str, Any] = {"force_quick_gelu": True} if quick_gelu else {"quick_gelu": False}
     try:
-        model = open_clip.create_model(model_name, pretrained=tag, device="cpu")
+        model = open_clip.create_model(model_name, pretrained=tag, device="cpu", **kwargs)
     except (RuntimeError, ValueError, FileNotFoundError) as err:
         raise ModelLoadError(
             f"cannot load image tower {model_name!r} with pretrained={pretrained!r}: {err}"
@@ -256,6 +335,11 @@ def load_image_tower(model_name: str, pretrained: str | None, device: str = "cpu
     pp = open_clip.get_model_preprocess_cfg(model)
     visual = model.visual
     del model  # the CLIP text tower is not needed for scoring
+    if uses_quick_gelu(visual) != quick_gelu:
+        raise ModelLoadError(
+            f"open_clip built {model_name!r} with {_act(not quick_gelu)} although "
+            f"{_act(quick_gelu)} was asked for; this open_clip release ignores the override"
+        )
     size = pp.get("size", 224)
     size = int(size[0] if isinstance(size, (tuple, list)) else size)
     visual.eval().to(device)
@@ -268,3 +352,7 @@ def load_image_tower(model_name: str, pretrained: str | None, device: str = "cpu
         std=tuple(pp.get("std", (0.26862954, 0.26130258, 0.27577711))),
         embed_dim=int(probe.shape[-1]),
     )
+
+
+def _act(quick_gelu: bool) -> str:
+    return "QuickGELU" if quick_gelu else "nn.GELU"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,9 +129,13 @@ class ShardScorer:
     the model's work on batch i (one decode thread)."""
 
     def __init__(self, scorer: Any, score_cfg: Any, val_fraction: float,
-                 eval_hashes: list[int]) -> None:
+                 eval_hashes: list[int], *, thresholds: Mapping[str, float]) -> None:
+        """``thresholds`` maps source *names* to their minimum score, resolved from
+        the config's kind and name keys by :func:`~zhclip.pipeline.score.thresholds.plan_thresholds`
+        (``score_cfg.thresholds`` itself may be keyed by kind)."""
         self.scorer = scorer
         self.cfg = score_cfg
+        self.thresholds = dict(thresholds)
         self.val_fraction = val_fraction
         self.eval_index = I.phash_index(eval_hashes)
         self.want_phash = bool(eval_hashes)
@@ -190,7 +194,7 @@ class ShardScorer:
             score = None if math.isnan(value) else round(float(value), SCORE_DECIMALS)
             if score is not None:
                 result.scores[p.sample.source].append(score)
-            reason = image_rules.threshold_reason(p.sample.source, score, self.cfg.thresholds)
+            reason = image_rules.threshold_reason(p.sample.source, score, self.thresholds)
             if reason is not None:
                 result.reject(p.sample, reason)
             else:

@@ -130,9 +130,11 @@ def build_tiny_mclip(folder: str | Path, hidden: int = 32, layers: int = 2, out_
 
 def tiny_open_clip_config(embed_dim: int = 24, image_size: int = 32, width: int = 32,
                           layers: int = 2, patch_size: int = 8) -> dict:
+    """open_clip config of a tiny ViT; ``quick_gelu`` as in OpenAI's CLIP (and M-CLIP's tower)."""
     return {
         "model_cfg": {
             "embed_dim": embed_dim,
+            "quick_gelu": True,
             "vision_cfg": {"image_size": image_size, "layers": layers, "width": width,
                            "patch_size": patch_size, "head_width": 16},
             "text_cfg": {"context_length": 16, "vocab_size": 64, "width": 16, "heads": 2,

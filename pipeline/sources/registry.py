@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 
 from zhclip.pipeline.core import reasons as RS
 from zhclip.pipeline.core.config import SourceConfig
+from zhclip.pipeline.core.errors import ConfigError
 from zhclip.pipeline.sources import coco, generic, laion, visual_genome, wukong
 from zhclip.pipeline.sources.common import SourceBatch, file_reject
 
@@ -26,5 +27,7 @@ def read_source_file(src: SourceConfig, path: str) -> Iterator[SourceBatch]:
     """
     try:
         yield from READERS[src.kind](src, path)
+    except ConfigError:
+        raise  # the config's own files (a held-out id list): fixing them is the user's, not a reject
     except (ValueError, OSError, KeyError, UnicodeDecodeError) as err:
         yield file_reject(src.name, path, RS.REASON_MALFORMED_FILE, f"{type(err).__name__}: {err}")

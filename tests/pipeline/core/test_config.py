@@ -15,7 +15,7 @@ def test_shipped_configs_load():
     paper = load_config(REPO / "configs" / "chinese_clip.yaml")
     assert paper.filters.caption.min_chars == 5
     assert paper.filters.caption.max_chars == 50
-    assert paper.score.thresholds["laion_zh"] == pytest.approx(0.26)
+    assert paper.score.thresholds["laion"] == pytest.approx(0.26)
     assert {s.kind for s in paper.sources} == {"laion", "wukong", "coco", "visual_genome"}
     demo = load_config(REPO / "configs" / "demo.yaml")
     assert demo.output
