@@ -2,6 +2,14 @@
 
 Images come from image_data.json; an image whose coco_id is a held-out COCO
 test image is removed (``test_split``), since VG and COCO share ~50k images.
+
+``mode: image`` (default, as the Chinese-CLIP authors used VG): the reader still
+emits one row per region, so each phrase is translated on its own, and
+:func:`join_regions` (stage 1, after translation, before the rules) turns an
+image's rows into one pair whose caption joins its phrases, largest region
+first. The other regions leave as ``merged_region`` rejects, so rows in =
+kept + rejected still holds. ``mode: regions`` keeps one pair per region; stage 3
+crops the image to the box.
 """
 
 from __future__ import annotations
@@ -9,6 +17,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from zhclip.pipeline.core import paths
 from zhclip.pipeline.core import reasons as RS
 from zhclip.pipeline.core import schema as S
@@ -26,6 +36,10 @@ from zhclip.pipeline.sources.common import (
 from zhclip.pipeline.sources.holdout import load_holdout_ids
 
 CHUNK = 100_000
+IMAGE_SEP = "-"  # image-mode source ids: {image_id}-{region_id}
+JOIN_SEP = "，"
+ORIG_SEP = "; "
+_TRAILING = "。．.，,;；、!！ \t"
 
 
 def load_image_data(path: str) -> dict[int, dict]:
@@ -68,6 +82,8 @@ def read(src: SourceConfig, path: str) -> Iterator[SourceBatch]:
             rid = as_int(reg.get("region_id", reg.get("id")))
             sid = str(rid) if rid is not None else f"entry{i}-{j}"
             image_id = as_int(reg.get("image_id", entry.get("id")))
+            if src.mode == "image" and image_id is not None:
+                sid = f"{image_id}{IMAGE_SEP}{sid}"  # join_regions groups by this prefix
             phrase, ok = as_text(reg.get("phrase"))
             img = images.get(image_id) if image_id is not None else None
             url = _url(src, img, image_id) if img else None
@@ -88,9 +104,10 @@ def read(src: SourceConfig, path: str) -> Iterator[SourceBatch]:
             cols[S.REGION_Y].append(as_int(reg.get("y")))
             cols[S.REGION_W].append(as_int(reg.get("width")))
             cols[S.REGION_H].append(as_int(reg.get("height")))
-            if len(cols[S.SOURCE_ID]) >= CHUNK:
-                yield batch(rows_table(src.name, cols))
-                cols = {c: [] for c in names}
+        # Cut tables only between entries, so one image's regions stay in one table.
+        if len(cols[S.SOURCE_ID]) >= CHUNK:
+            yield batch(rows_table(src.name, cols))
+            cols = {c: [] for c in names}
     rejects = None
     if bad:
         keys, reasons, urls, caps = (list(x) for x in zip(*bad, strict=True))
@@ -103,3 +120,92 @@ def _url(src: SourceConfig, img: dict, image_id: int) -> str | None:
         return "file://" + src.image_root.rstrip("/") + f"/{image_id}.jpg"
     url = img.get("url")
     return url if isinstance(url, str) else None
+
+
+# ------------------------------------------------------------- mode: image
+def _phrase(text: str | None) -> str:
+    """A translated phrase ready to join: trailing punctuation and spaces dropped."""
+    return (text or "").strip().rstrip(_TRAILING).strip()
+
+
+def join_phrases(phrases: list[tuple[str, str | None, int]], max_chars: int) -> tuple[str, str | None]:
+    """(caption, caption_orig) of one image from (phrase, english, area) items.
+
+    Phrases are deduplicated and taken largest region first (ties in input
+    order), each added only if the joined caption still fits ``max_chars``;
+    a phrase too long to fit is skipped, a later smaller one may still fit.
+    If not even one fits, the largest phrase alone is returned, and the length
+    rule rejects the pair with its usual reason.
+    """
+    order = sorted(range(len(phrases)), key=lambda i: (-phrases[i][2], i))
+    seen: set[str] = set()
+    parts: list[str] = []
+    origs: list[str] = []
+    first: tuple[str, str | None] | None = None
+    length = 0
+    for i in order:
+        text, orig, _ = phrases[i]
+        text = _phrase(text)
+        if not text or text in seen:
+            continue
+        seen.add(text)
+        first = first or (text, orig)
+        extra = len(text) + (len(JOIN_SEP) if parts else 0)
+        if length + extra > max_chars:
+            continue
+        parts.append(text)
+        length += extra
+        if orig:
+            origs.append(_phrase(orig))
+    if not parts:
+        return first if first else ("", None)
+    return JOIN_SEP.join(parts), (ORIG_SEP.join(origs) or None)
+
+
+def join_regions(table: pa.Table, max_chars: int) -> tuple[pa.Table, pa.Table]:
+    """Region rows of image-mode sources -> one pair per image, plus ``merged_region`` rejects.
+
+    The pair's source id is the image id (key ``{source}_{image_id}``), with the
+    image's URL and size and no box; the largest region's row is the one the
+    pair replaces, every other region row becomes a reject. Rows are grouped by
+    the ``{image_id}-`` prefix of their source id, so the input order does not
+    change the result.
+    """
+    if table.num_rows == 0:
+        return table, S.empty_reject_table()
+    rows = table.to_pylist()
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        image_id = (row[S.SOURCE_ID] or "").split(IMAGE_SEP, 1)[0]
+        groups.setdefault((row[S.SOURCE], image_id), []).append(row)
+    kept: list[dict] = []
+    merged: list[dict] = []
+    for (source, image_id), regs in sorted(groups.items()):
+        regs.sort(key=lambda r: r[S.SOURCE_ID])
+        areas = [max(r[S.REGION_W] or 0, 0) * max(r[S.REGION_H] or 0, 0) for r in regs]
+        caption, orig = join_phrases(
+            [(r[S.CAPTION], r[S.CAPTION_ORIG], a) for r, a in zip(regs, areas, strict=True)], max_chars)
+        largest = min(range(len(regs)), key=lambda i: (-areas[i], i))
+        pair = dict(regs[largest])
+        pair.update({S.SOURCE_ID: image_id, S.KEY: make_key(source, image_id), S.CAPTION: caption,
+                     S.CAPTION_ORIG: orig, S.REGION_X: None, S.REGION_Y: None,
+                     S.REGION_W: None, S.REGION_H: None})
+        kept.append(pair)
+        merged.extend(r for i, r in enumerate(regs) if i != largest)
+    rejects = RS.reject_table(
+        [r[S.KEY] for r in merged], [r[S.SOURCE] for r in merged], [r[S.URL] for r in merged],
+        [r[S.CAPTION] for r in merged], [RS.REASON_MERGED_REGION] * len(merged), stage="metadata")
+    return pa.Table.from_pylist(kept, schema=table.schema), rejects
+
+
+def join_image_sources(table: pa.Table, sources: frozenset[str], max_chars: int) -> tuple[pa.Table, pa.Table]:
+    """Apply :func:`join_regions` to the rows of ``sources``; other rows pass through."""
+    if table.num_rows == 0 or not sources:
+        return table, S.empty_reject_table()
+    mine = pc.is_in(table.column(S.SOURCE), pa.array(sorted(sources), pa.string()))
+    mine = pc.fill_null(mine, False)
+    if not pc.any(mine).as_py():
+        return table, S.empty_reject_table()
+    joined, rejects = join_regions(table.filter(mine), max_chars)
+    rest = table.filter(pc.invert(mine))
+    return pa.concat_tables([rest, joined]), rejects
