@@ -139,3 +139,14 @@ def test_scaled_box_center_crop():
     assert image_rules.scaled_box((0, 0, 10, 10), (800, 600), (800, 600), (224, 224)) is None  # cropped away
     assert image_rules.scaled_box((None, 0, 5, 5), (800, 600), (800, 600), (224, 224)) is None
     json.dumps(image_rules.band_keys(1, 3))
+
+
+def test_url_caption_sources_keep_distinct_captions_of_one_image(tmp_path):
+    base = scene(1)
+    rows = [Row("vg_zh_1", source="vg_zh", caption="繁忙的街道上有一辆公共汽车", image=jpeg(base, 320, 95)),
+            Row("vg_zh_2", source="vg_zh", caption="蓝色的天空和白色的云朵", image=jpeg(base, 224, 90)),
+            Row("vg_zh_3", source="vg_zh", caption="蓝色的天空和白色的云朵", image=jpeg(base, 160, 60))]
+    write_download_shard(tmp_path / SH.DOWNLOADS_DIR, "00000", rows)
+    report = run_score(_cfg(tmp_path), [])
+    assert _reasons(tmp_path) == {"vg_zh_3": RS.REASON_NEAR_DUPLICATE_IMAGE}
+    assert report["total"]["kept"] == 2 and report["total"]["balanced"]
