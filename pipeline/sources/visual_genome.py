@@ -169,33 +169,55 @@ def join_regions(table: pa.Table, max_chars: int) -> tuple[pa.Table, pa.Table]:
     image's URL and size and no box; the largest region's row is the one the
     pair replaces, every other region row becomes a reject. Rows are grouped by
     the ``{image_id}-`` prefix of their source id, so the input order does not
-    change the result.
+    change the result. Only the columns the join reads go to Python; the
+    pairs and rejects are taken from the table by index.
     """
     if table.num_rows == 0:
         return table, S.empty_reject_table()
-    rows = table.to_pylist()
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for row in rows:
-        image_id = (row[S.SOURCE_ID] or "").split(IMAGE_SEP, 1)[0]
-        groups.setdefault((row[S.SOURCE], image_id), []).append(row)
-    kept: list[dict] = []
-    merged: list[dict] = []
-    for (source, image_id), regs in sorted(groups.items()):
-        regs.sort(key=lambda r: r[S.SOURCE_ID])
-        areas = [max(r[S.REGION_W] or 0, 0) * max(r[S.REGION_H] or 0, 0) for r in regs]
+    table = table.combine_chunks()
+    sids = table.column(S.SOURCE_ID).to_pylist()
+    sources = table.column(S.SOURCE).to_pylist()
+    captions = table.column(S.CAPTION).to_pylist()
+    origs = table.column(S.CAPTION_ORIG).to_pylist()
+    ws = table.column(S.REGION_W).to_pylist()
+    hs = table.column(S.REGION_H).to_pylist()
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, sid in enumerate(sids):
+        groups.setdefault((sources[i], (sid or "").split(IMAGE_SEP, 1)[0]), []).append(i)
+    pair_rows: list[int] = []
+    pair_ids: list[str] = []
+    pair_caps: list[str] = []
+    pair_origs: list[str | None] = []
+    merged: list[int] = []
+    for (_, image_id), idx in sorted(groups.items()):
+        idx.sort(key=lambda i: sids[i])
+        areas = [max(ws[i] or 0, 0) * max(hs[i] or 0, 0) for i in idx]
         caption, orig = join_phrases(
-            [(r[S.CAPTION], r[S.CAPTION_ORIG], a) for r, a in zip(regs, areas, strict=True)], max_chars)
-        largest = min(range(len(regs)), key=lambda i: (-areas[i], i))
-        pair = dict(regs[largest])
-        pair.update({S.SOURCE_ID: image_id, S.KEY: make_key(source, image_id), S.CAPTION: caption,
-                     S.CAPTION_ORIG: orig, S.REGION_X: None, S.REGION_Y: None,
-                     S.REGION_W: None, S.REGION_H: None})
-        kept.append(pair)
-        merged.extend(r for i, r in enumerate(regs) if i != largest)
+            [(captions[i], origs[i], a) for i, a in zip(idx, areas, strict=True)], max_chars)
+        largest = min(range(len(idx)), key=lambda j: (-areas[j], j))
+        pair_rows.append(idx[largest])
+        pair_ids.append(image_id)
+        pair_caps.append(caption)
+        pair_origs.append(orig)
+        merged.extend(i for j, i in enumerate(idx) if j != largest)
+    pairs = table.take(pa.array(pair_rows, pa.int64()))
+    pair_sources = pairs.column(S.SOURCE).to_pylist()
+    replace = {
+        S.SOURCE_ID: pa.array(pair_ids, pa.string()),
+        S.KEY: pa.array([make_key(src, i) for src, i in zip(pair_sources, pair_ids, strict=True)], pa.string()),
+        S.CAPTION: pa.array(pair_caps, pa.string()),
+        S.CAPTION_ORIG: pa.array(pair_origs, pa.string()),
+    }
+    for col in (S.REGION_X, S.REGION_Y, S.REGION_W, S.REGION_H):
+        replace[col] = pa.nulls(len(pair_rows), table.schema.field(col).type)
+    for col, values in replace.items():
+        pairs = pairs.set_column(pairs.schema.get_field_index(col), table.schema.field(col), values)
+    gone = table.take(pa.array(merged, pa.int64()))
     rejects = RS.reject_table(
-        [r[S.KEY] for r in merged], [r[S.SOURCE] for r in merged], [r[S.URL] for r in merged],
-        [r[S.CAPTION] for r in merged], [RS.REASON_MERGED_REGION] * len(merged), stage="metadata")
-    return pa.Table.from_pylist(kept, schema=table.schema), rejects
+        gone.column(S.KEY), gone.column(S.SOURCE), gone.column(S.URL),
+        pc.utf8_slice_codeunits(gone.column(S.CAPTION), 0, 2000),
+        [RS.REASON_MERGED_REGION] * gone.num_rows, stage="metadata")
+    return pairs, rejects
 
 
 def join_image_sources(table: pa.Table, sources: frozenset[str], max_chars: int) -> tuple[pa.Table, pa.Table]:
