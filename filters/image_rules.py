@@ -1,5 +1,6 @@
 """Stage 3's per-sample rules: decode failure, test-set overlap, the score
-threshold, and the key that groups identical images.
+threshold, the keys that group identical and near-identical images, and the
+region box a Visual Genome region pair is cropped to.
 
 Pure functions, no Beam or torch: the score stage decodes and scores, then
 asks these what to do with each sample, exactly as stage 1 asks
@@ -61,3 +62,78 @@ def image_dedup_key(sha256: str, source: str, caption: str | None,
     if source in caption_sources:
         return f"{sha256}{_KEY_SEP}{caption or ''}"
     return sha256
+
+
+def near_duplicate_key(phash: int, source: str, caption: str | None,
+                       caption_sources: frozenset[str]) -> str:
+    """The key that groups re-encoded / resized copies: the 64-bit perceptual
+    hash (hex), with the caption for ``dedup: url_caption`` sources, as in
+    :func:`image_dedup_key`."""
+    return image_dedup_key(f"{phash:016x}", source, caption, caption_sources)
+
+
+def band_keys(phash: int, max_distance: int) -> list[tuple[int, int]]:
+    """(band index, band bits) for the ``max_distance + 1`` bands of a 64-bit hash.
+
+    Pigeonhole: two hashes within Hamming distance k differ in at most k bits,
+    so at least one of k + 1 disjoint bands is identical; hashes sharing a band
+    are the candidates whose full distance is then checked.
+    """
+    n = max_distance + 1
+    edges = [round(i * 64 / n) for i in range(n + 1)]
+    out = []
+    for i in range(n):
+        width = edges[i + 1] - edges[i]
+        out.append((i, (phash >> (64 - edges[i + 1])) & ((1 << width) - 1)))
+    return out
+
+
+def hamming(a: int, b: int) -> int:
+    return (a ^ b).bit_count()
+
+
+def near_duplicate_losers(entries: list[tuple[str, int]], max_distance: int) -> list[str]:
+    """Keys of ``(key, phash)`` entries that have a smaller-key entry within ``max_distance``.
+
+    The same rule as sha256 dedup (smallest key survives), applied to each pair
+    of candidates; it needs no transitive closure, so one pass over the band
+    groups decides. In a chain a~b~c with a and c apart, b and c both lose.
+    """
+    ordered = sorted(entries)
+    losers = []
+    for i, (key, h) in enumerate(ordered):
+        if any(hamming(h, other) <= max_distance for _, other in ordered[:i]):
+            losers.append(key)
+    return losers
+
+
+def scaled_box(box: tuple[int | None, int | None, int | None, int | None],
+               source_size: tuple[int | None, int | None], original_size: tuple[int | None, int | None],
+               stored_size: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """A region box given in the source's coordinates, in pixels of the stored image.
+
+    ``source_size`` is the size the box refers to (Visual Genome's image_data),
+    ``original_size`` the image as downloaded, ``stored_size`` the image after
+    stage 2's resize. The resize is taken as one scale and a centred crop,
+    which covers ``no``, ``keep_ratio`` and ``center_crop``. Returns
+    (left, top, right, bottom) clipped to the stored image, or None when the box
+    is missing or leaves no pixel (the pair cannot be cropped).
+    """
+    x, y, w, h = box
+    if None in (x, y, w, h) or w <= 0 or h <= 0:
+        return None
+    sw, sh = stored_size
+    ow, oh = (original_size if None not in original_size and min(original_size) > 0 else source_size)
+    bw, bh = (source_size if None not in source_size and min(source_size) > 0 else (ow, oh))
+    if None in (ow, oh, bw, bh) or min(ow, oh, bw, bh) <= 0:
+        return None
+    scale = max(sw / ow, sh / oh)
+    fx, fy = ow / bw * scale, oh / bh * scale
+    off_x, off_y = (ow * scale - sw) / 2, (oh * scale - sh) / 2
+    left = max(0, round(x * fx - off_x))
+    top = max(0, round(y * fy - off_y))
+    right = min(sw, round((x + w) * fx - off_x))
+    bottom = min(sh, round((y + h) * fy - off_y))
+    if right - left < 1 or bottom - top < 1:
+        return None
+    return left, top, right, bottom

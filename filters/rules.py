@@ -1,7 +1,7 @@
 """The paper's text rules applied to one Arrow table of stage-1 rows.
 
-Order: normalise the caption, then URL checks, the 5..50 length rule, and the
-blacklist, each only on rows still kept, so the costly blacklist scan runs on
+Order: normalise the caption, then URL checks, the 5..50 length rule, the
+Chinese-text check (:mod:`zhclip.filters.language`), and the blacklist, each only on rows still kept, so the costly blacklist scan runs on
 the fewest rows. Every row leaves as kept or as a reject with one reason.
 """
 
@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from zhclip.filters.language import not_chinese_reasons
 from zhclip.filters.text import caption_length_reasons, normalize_captions
 from zhclip.filters.urls import parse_networks, url_reasons
 from zhclip.pipeline.core import schema as S
@@ -27,6 +28,9 @@ class RuleSet:
     allow_networks: tuple[str, ...] = ()
     blacklist_lists: tuple[str, ...] = ("builtin",)
     blacklist_extra_files: tuple[str, ...] = ()
+    require_chinese: bool = True
+    max_kana_share: float = 0.2
+    min_text_share: float = 0.5
     _matcher: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -43,6 +47,9 @@ class RuleSet:
             allow_networks=tuple(c.urls.allow_networks),
             blacklist_lists=tuple(c.blacklist.lists),
             blacklist_extra_files=tuple(c.blacklist.extra_files),
+            require_chinese=c.language.require_chinese,
+            max_kana_share=c.language.max_kana_share,
+            min_text_share=c.language.min_text_share,
         )
 
     @property
@@ -98,11 +105,14 @@ def apply_rules(table: pa.Table, rules: RuleSet) -> tuple[pa.Table, pa.Table]:
     idx = table.schema.get_field_index(S.CAPTION)
     caption = normalize_captions(table.column(S.CAPTION), rules.traditional_to_simplified)
     table = table.set_column(idx, S.CAPTION, caption)
-    # URL and length are cheap on every row: one split for both.
-    cheap = pc.coalesce(
+    # URL, length and the Chinese-text check are cheap on every row: one split for all.
+    checks = [
         url_reasons(table.column(S.URL), rules.schemes, rules.allow_networks),
         caption_length_reasons(caption, rules.min_chars, rules.max_chars),
-    )
+    ]
+    if rules.require_chinese:
+        checks.append(not_chinese_reasons(caption, rules.max_kana_share, rules.min_text_share))
+    cheap = pc.coalesce(*checks)
     table, rejected = _split(table, cheap)
     rejects = [rejected]
     if table.num_rows:

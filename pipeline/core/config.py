@@ -80,6 +80,12 @@ class SourceConfig(_Strict):
     """url: one row per image URL across sources; url_caption: only identical (URL, caption) pairs merge (COCO, VG)."""
     batch_rows: int = Field(100_000, ge=1)
     """Rows per Arrow table moving through the job."""
+    mode: Literal["image", "regions"] = "image"
+    """visual_genome: image joins an image's translated region phrases into one caption for the whole image (as the Chinese-CLIP authors did); regions keeps one pair per region, cropped to its box in stage 3."""
+    max_punsafe: float | None = Field(None, ge=0.0, le=1.0)
+    """laion: reject rows whose punsafe is above this (unsafe); off when unset, as in the paper."""
+    max_pwatermark: float | None = Field(None, ge=0.0, le=1.0)
+    """laion: reject rows whose pwatermark is above this (watermark); off when unset, as in the paper."""
 
     @field_validator("name")
     @classmethod
@@ -124,6 +130,15 @@ class UrlFilterConfig(_Strict):
     """Private/loopback networks allowed anyway, e.g. [127.0.0.0/8] for tests."""
 
 
+class LanguageFilterConfig(_Strict):
+    require_chinese: bool = True
+    """Reject captions that are not Chinese text (no Han character, Japanese kana share, mostly symbols): not_chinese."""
+    max_kana_share: float = Field(0.2, ge=0.0, le=1.0)
+    """Kana / (Han + kana) above this marks a caption as Japanese."""
+    min_text_share: float = Field(0.5, ge=0.0, le=1.0)
+    """Letters and digits / non-space characters below this mark a caption as symbol junk."""
+
+
 class FiltersConfig(_Strict):
     caption: CaptionFilterConfig = Field(default_factory=CaptionFilterConfig)
     """Caption normalisation and the length rule."""
@@ -131,6 +146,8 @@ class FiltersConfig(_Strict):
     """Caption blacklists."""
     urls: UrlFilterConfig = Field(default_factory=UrlFilterConfig)
     """URL checks (also enforced on every connection by the download stage)."""
+    language: LanguageFilterConfig = Field(default_factory=LanguageFilterConfig)
+    """The Chinese-text check (beyond the paper; on by default)."""
 
 
 class MetadataConfig(_Strict):
@@ -200,6 +217,10 @@ class ScoreConfig(_Strict):
     """Folder of evaluation images; near-duplicates by perceptual hash are removed (test_overlap)."""
     phash_distance: int = Field(4, ge=0)
     """Largest Hamming distance counted as a near-duplicate."""
+    near_duplicates: bool = True
+    """Drop re-encoded / resized copies across the corpus by perceptual hash (near_duplicate_image; smallest key wins)."""
+    near_duplicate_distance: int = Field(0, ge=0, le=15)
+    """Largest Hamming distance between the phashes of near-duplicate images (0: exact 64-bit match; k > 0 groups through k+1 bands)."""
 
 
 class ShardsConfig(_Strict):

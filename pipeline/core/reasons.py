@@ -30,6 +30,12 @@ REASON_DECODE_ERROR = "decode_error"
 REASON_MISSING_MEMBER = "missing_member"
 REASON_DUPLICATE_IMAGE = "duplicate_image"
 REASON_TEST_OVERLAP = "test_overlap"
+REASON_MERGED_REGION = "merged_region"  # a VG region phrase joined into its image's one pair
+REASON_NOT_CHINESE = "not_chinese"
+REASON_UNSAFE = "unsafe"
+REASON_WATERMARK = "watermark"
+REASON_NEAR_DUPLICATE_IMAGE = "near_duplicate_image"
+REASON_BAD_REGION = "bad_region"  # a region box that leaves no pixels in the downloaded image
 BLACKLIST_PREFIX = "blacklist"
 DOWNLOAD_PREFIX = "download"
 

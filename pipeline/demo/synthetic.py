@@ -53,6 +53,7 @@ class Row:
     image: bytes | None = b""  # b"" -> generated from the key; None -> failed download
     drop_image_member: bool = False  # success row whose .jpg never reached the tar
     caption_orig: str | None = None
+    extra: dict | None = None  # more parquet/json columns (region box, source size), overriding defaults
 
 
 def write_download_shard(folder: Path, name: str, rows: list[Row], seed: int = 0,
@@ -75,6 +76,7 @@ def write_download_shard(folder: Path, name: str, rows: list[Row], seed: int = 0
                 S.WIDTH: 64 if ok else None, S.HEIGHT: 64 if ok else None,
                 "original_width": 64 if ok else None, "original_height": 64 if ok else None,
                 S.SHA256: hashlib.sha256(image).hexdigest() if ok else None,
+                **(row.extra or {}),
             }
             if row in (extra_tar_only or []):
                 pass  # in the tar only: the parquet never got its row

@@ -3,7 +3,7 @@
 Work moves as pyarrow tables, not rows: Beam pays per element, and the rules
 are vectorised. The job reads like its description::
 
-    files | ReadSources | TranslateCaptions | ApplyRules | SpillByUrl
+    files | ReadSources | TranslateCaptions | JoinRegions | ApplyRules | SpillByUrl
           -> GroupBucket | DedupBucket | WriteUrlShards
 
 with every reject flowing to WriteRejects and every count to WriteReport. The
@@ -128,6 +128,27 @@ class ReadSources(beam.DoFn):
             if b.rows.num_rows:
                 yield b.rows
         bar.close()
+
+
+class JoinRegionsFn(beam.DoFn):
+    """Visual Genome ``mode: image``: an image's translated region rows -> one pair.
+
+    Runs after translation (each phrase is translated alone) and before the
+    rules (which judge the joined caption); merged regions leave as rejects.
+    """
+
+    def __init__(self, sources: frozenset[str], max_chars: int):
+        self._sources = sources
+        self._max_chars = max_chars
+
+    def process(self, table: pa.Table):
+        from zhclip.pipeline.sources.visual_genome import join_image_sources
+
+        kept, rejects = join_image_sources(table, self._sources, self._max_chars)
+        if rejects.num_rows:
+            yield beam.pvalue.TaggedOutput(REJECTS, rejects)
+        if kept.num_rows:
+            yield kept
 
 
 class ApplyRulesFn(beam.DoFn):
@@ -331,6 +352,9 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, files: list[tuple[str, str]]) 
         from zhclip.pipeline.metadata.translate import TranslateCaptions
 
         steps.append(TranslateCaptions(translate_cfgs))
+    image_mode = frozenset(s.name for s in cfg.sources if s.kind == "visual_genome" and s.mode == "image")
+    if image_mode:
+        steps.append(JoinRegionsFn(image_mode, cfg.filters.caption.max_chars))
     steps += [ApplyRulesFn(RuleSet.from_config(cfg.filters)), SpillByUrl(out, n_buckets, caption_sources)]
 
     read = (

@@ -12,6 +12,7 @@ depend on how the runner bundled elements.
 
 from __future__ import annotations
 
+import io
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
@@ -23,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 from zhclip.filters import image_rules
 from zhclip.filters import images as I
+from zhclip.pipeline.core import reasons as RS
 from zhclip.pipeline.core import schema as S
 from zhclip.pipeline.shards import format as SH
 
@@ -34,6 +36,8 @@ SCORE_DECIMALS = 6
 MAX_NOTES = 200
 # Key of a kept record's image bytes (moved to a spill file before any shuffle).
 IMAGE = "image"
+# Key of a kept record's 64-bit perceptual hash (near-duplicate grouping).
+PHASH = "phash"
 
 
 def reject_row(sample: SH.DownloadedSample, reason: str) -> dict[str, Any]:
@@ -50,7 +54,7 @@ def reject_row(sample: SH.DownloadedSample, reason: str) -> dict[str, Any]:
 class PreparedSample:
     """A decoded download: JPEG bytes and hashes for the shards, pixels for the model."""
 
-    __slots__ = ("sample", "jpeg", "sha256", "width", "height", "pixels", "phash", "error")
+    __slots__ = ("sample", "jpeg", "sha256", "width", "height", "pixels", "phash", "error", "reason")
 
     def __init__(self, sample: SH.DownloadedSample) -> None:
         self.sample = sample
@@ -60,15 +64,50 @@ class PreparedSample:
         self.pixels: np.ndarray | None = None
         self.phash: int | None = None
         self.error: str | None = None
+        self.reason: str | None = None  # a reject reason found while preparing (bad_region)
+
+
+def region_box(sample: SH.DownloadedSample) -> tuple | None:
+    """The (x, y, w, h) region box a region-level pair carries, or None for whole-image pairs."""
+    meta = sample.meta or {}
+    box = tuple(meta.get(c) for c in (S.REGION_X, S.REGION_Y, S.REGION_W, S.REGION_H))
+    return None if all(v is None for v in box) else box
+
+
+def crop_to_region(sample: SH.DownloadedSample, image: Any, box: tuple) -> Any | None:
+    """The stored image cropped to ``box`` (scaled from the source's size), or None if empty."""
+    meta = sample.meta or {}
+    pixels = image_rules.scaled_box(
+        box, (meta.get(S.SOURCE_WIDTH), meta.get(S.SOURCE_HEIGHT)),
+        (meta.get(S.ORIGINAL_WIDTH), meta.get(S.ORIGINAL_HEIGHT)), image.size)
+    return None if pixels is None else image.crop(pixels)
+
+
+def _encode_jpeg(image: Any) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=I.JPEG_QUALITY)
+    return buf.getvalue()
 
 
 def prepare_sample(sample: SH.DownloadedSample, preprocess: Callable[[Any], Any] | None,
                    want_phash: bool) -> PreparedSample:
-    """Decode one sample; a decode failure is recorded on the result, never raised."""
+    """Decode one sample; a decode failure is recorded on the result, never raised.
+
+    A region-level pair (Visual Genome ``mode: regions``) is cropped to its box
+    here, so the crop is what is stored, hashed and scored, never the whole image.
+    """
     out = PreparedSample(sample)
     try:
         image = I.decode_image(sample.image or b"")
-        out.jpeg = I.to_jpeg_bytes(sample.image, image)
+        box = region_box(sample)
+        if box is not None:
+            image = crop_to_region(sample, image, box)
+            if image is None:
+                out.reason = RS.REASON_BAD_REGION
+                return out
+            out.jpeg = _encode_jpeg(image)
+        else:
+            out.jpeg = I.to_jpeg_bytes(sample.image, image)
     except I.ImageDecodeError as err:
         out.error = str(err)
         return out
@@ -99,6 +138,7 @@ def kept_record(p: PreparedSample, score: float | None, val_fraction: float) -> 
         S.WIDTH: p.width,
         S.HEIGHT: p.height,
         S.SHA256: p.sha256,
+        PHASH: p.phash,
         IMAGE: p.jpeg,
         S.SPLIT: SH.split_for_key(s.key, val_fraction),
     }
@@ -138,7 +178,7 @@ class ShardScorer:
         self.thresholds = dict(thresholds)
         self.val_fraction = val_fraction
         self.eval_index = I.phash_index(eval_hashes)
-        self.want_phash = bool(eval_hashes)
+        self.want_phash = bool(eval_hashes) or bool(getattr(score_cfg, "near_duplicates", False))
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zhclip-decode")
         self.pairs_scored = 0
 
@@ -176,7 +216,7 @@ class ShardScorer:
     def _score_batch(self, prepared: list[PreparedSample], result: ShardResult) -> None:
         ok = []
         for p in prepared:
-            reason = (image_rules.decode_reason(p.error)
+            reason = (p.reason or image_rules.decode_reason(p.error)
                       or image_rules.overlap_reason(p.phash, self.eval_index, self.cfg.phash_distance))
             if reason is not None:
                 result.reject(p.sample, reason)

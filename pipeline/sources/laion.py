@@ -16,7 +16,14 @@ from zhclip.pipeline.core import paths
 from zhclip.pipeline.core import reasons as RS
 from zhclip.pipeline.core import schema as S
 from zhclip.pipeline.core.config import SourceConfig
-from zhclip.pipeline.sources.common import STREAMING_SCAN, SourceBatch, batch, file_stem, rows_table
+from zhclip.pipeline.sources.common import (
+    STREAMING_SCAN,
+    SourceBatch,
+    batch,
+    file_stem,
+    rejects_for,
+    rows_table,
+)
 
 # LAION column -> ours. Variants add punsafe / pwatermark / md5.
 COLUMN_MAP = {
@@ -68,6 +75,9 @@ def read(src: SourceConfig, path: str) -> Iterator[SourceBatch]:
         found = _find(names, theirs)
         if found is not None:
             wanted[found] = ours
+    for key, col in (("max_punsafe", S.PUNSAFE), ("max_pwatermark", S.PWATERMARK)):
+        if getattr(src, key) is not None and col not in wanted.values():
+            raise ValueError(f"{path}: source {src.name} sets {key} but the file has no {col} column")
     total_rows = dataset.count_rows()
     matched = 0
     stem = file_stem(path)
@@ -86,8 +96,43 @@ def read(src: SourceConfig, path: str) -> Iterator[SourceBatch]:
             if c in cols:
                 cols[c] = pc.cast(cols[c], pa.int64(), safe=False)
         matched += rb.num_rows
-        yield batch(rows_table(src.name, cols))
+        rows, rejects = safety_split(rows_table(src.name, cols), src.max_punsafe, src.max_pwatermark)
+        yield batch(rows, rejects)
     yield batch(**{RS.REASON_NOT_ZH: total_rows - matched})
+
+
+def safety_reasons(table: pa.Table, max_punsafe: float | None,
+                   max_pwatermark: float | None) -> pa.Array | None:
+    """``unsafe`` / ``watermark`` per row above a threshold, null elsewhere; None when both are off.
+
+    The paper does not use LAION's safety columns, so both are off by default.
+    A row whose value is missing is kept: it cannot be shown to be above.
+    """
+    checks = []
+    for limit, col, reason in ((max_punsafe, S.PUNSAFE, RS.REASON_UNSAFE),
+                               (max_pwatermark, S.PWATERMARK, RS.REASON_WATERMARK)):
+        if limit is not None:
+            above = pc.fill_null(pc.greater(table.column(col), limit), False)
+            checks.append(pc.if_else(above, pa.scalar(reason), pa.scalar(None, pa.string())))
+    if not checks:
+        return None
+    return pc.coalesce(*checks) if len(checks) > 1 else checks[0]
+
+
+def safety_split(table: pa.Table, max_punsafe: float | None,
+                 max_pwatermark: float | None) -> tuple[pa.Table, pa.Table | None]:
+    """(rows kept, reject rows) after the optional punsafe / pwatermark thresholds."""
+    reasons = safety_reasons(table, max_punsafe, max_pwatermark)
+    if reasons is None:
+        return table, None
+    hit = pc.is_valid(reasons)
+    if not pc.any(hit).as_py():
+        return table, None
+    bad = table.filter(hit)
+    rejects = rejects_for(
+        table.column(S.SOURCE)[0].as_py(), bad.column(S.KEY).to_pylist(), reasons.filter(hit).to_pylist(),
+        bad.column(S.URL).to_pylist(), bad.column(S.CAPTION).to_pylist())
+    return table.filter(pc.invert(hit)), rejects
 
 
 def _to_text(arr: pa.Array) -> pa.Array:

@@ -176,7 +176,8 @@ def test_visual_genome_regions_boxes_and_holdout(tmp_path):
     (tmp_path / "region_descriptions.json").write_text(json.dumps(regions))
     (tmp_path / "ids.txt").write_text("42\n")
     src = SourceConfig(name="vg_zh", kind="visual_genome", paths=[str(tmp_path / "region_descriptions.json")],
-                       image_data=str(tmp_path / "image_data.json"), holdout_ids=str(tmp_path / "ids.txt"))
+                       image_data=str(tmp_path / "image_data.json"), holdout_ids=str(tmp_path / "ids.txt"),
+                       mode="regions")
     rows, rejects, _, n_in = _collect(src, src.paths[0])
     assert n_in == 5
     assert rows.column(S.SOURCE_ID).to_pylist() == ["101", "102"]
