@@ -297,7 +297,7 @@ def read_shards(folder: Path, split: str = "val") -> RetrievalSet:
         raise BenchmarkError(f"{folder}: the {split} shards hold no samples")
 
     def images() -> Iterator[Image.Image]:
-        for key, data in zip(keys, blobs):
+        for key, data in zip(keys, blobs, strict=True):
             yield open_image(data, f"{folder}: sample {key}")
 
     return RetrievalSet(FORMAT_SHARDS, list(keys), list(keys), texts,

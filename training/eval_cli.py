@@ -157,10 +157,10 @@ def save_retrieval_features(folder: Path, bench, image_features, text_features) 
     t2i = top_k(text_features, image_features, PREDICTION_K).tolist()
     i2t = top_k(image_features, text_features, PREDICTION_K).tolist()
     with (folder / "t2i_predictions.jsonl").open("w", encoding="utf-8") as f:
-        for text_id, rows in zip(bench.text_ids, t2i):
+        for text_id, rows in zip(bench.text_ids, t2i, strict=True):
             f.write(json.dumps({"text_id": text_id, "image_ids": [bench.image_ids[r] for r in rows]}) + "\n")
     with (folder / "i2t_predictions.jsonl").open("w", encoding="utf-8") as f:
-        for image_id, rows in zip(bench.image_ids, i2t):
+        for image_id, rows in zip(bench.image_ids, i2t, strict=True):
             f.write(json.dumps({"image_id": image_id, "text_ids": [bench.text_ids[r] for r in rows]}) + "\n")
 
 
