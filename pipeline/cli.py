@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 # Commands whose parser does not take --config/--set (they read shard folders).
-NO_CONFIG = {"shards"}
+NO_CONFIG = {"shards", "eval"}
 
 
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from zhclip.pipeline.core.errors import UsageError
+from zhclip.training.benchmarks import FORMATS
 
 log = logging.getLogger(__name__)
 TASK_RETRIEVAL, TASK_ZEROSHOT = "retrieval", "zeroshot"
@@ -33,8 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="a zhclip export (export.pt) or training checkpoint")
     parser.add_argument("--data", required=True, help="benchmark folder")
     parser.add_argument("--task", choices=(TASK_RETRIEVAL, TASK_ZEROSHOT), default=TASK_RETRIEVAL)
-    parser.add_argument("--format", default="auto",
-                        help="retrieval layout: auto, chinese-clip, folder, shards")
+    parser.add_argument("--format", default="auto", choices=("auto", *FORMATS),
+                        help="retrieval layout (default: detected from the folder's files)")
     parser.add_argument("--split", help="benchmark split (test, valid; val for zhclip shards)")
     parser.add_argument("--classnames", help="zero-shot: Chinese class names, one a line "
                         "(default: DATA/classnames.txt or DATA/label_cn.txt)")
