@@ -107,18 +107,18 @@ def _cn_clip(module: str, *args: str | Path) -> dict:
 
 def test_several_captions_per_image_hand_computed():
     img = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
-    txt = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [-0.6, 0.8], [0.8, -0.6]])
+    txt = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [-0.8, 0.6], [0.8, -0.6]])
     gt = [[0], [0], [1], [1, 2], [2]]
     # text x image similarities, by hand:
     #   t0 [ 1.0,  0.0, -1.0] gt {0}:   best 1.0, no wrong image at or above   -> rank 0
     #   t1 [ 0.6,  0.8, -0.6] gt {0}:   i1 (0.8) is above                      -> rank 1
     #   t2 [ 0.0,  1.0,  0.0] gt {1}                                           -> rank 0
-    #   t3 [-0.6,  0.8,  0.6] gt {1,2}: either correct image counts, best 0.8  -> rank 0
+    #   t3 [-0.8,  0.6,  0.8] gt {1,2}: the second correct image is best     -> rank 0
     #   t4 [ 0.8, -0.6, -0.8] gt {2}:   i0 and i1 above                        -> rank 2
     assert ranks(txt, img, gt, chunk=2).tolist() == [0, 1, 0, 0, 2]
     # image -> text, the captions of i0 are t0,t1; of i1 t2,t3; of i2 t3,t4:
-    #   i0 [1.0, 0.6, 0.0, -0.6, 0.8]: best 1.0 -> 0;  i1 [0, .8, 1, .8, -.6]: best 1.0 -> 0
-    #   i2 [-1, -.6, 0, .6, -.8]: best 0.6 (t3), nothing wrong above -> 0
+    #   i0 [1.0, 0.6, 0.0, -0.8, 0.8]: best 1.0 -> 0;  i1 [0, .8, 1, .6, -.6]: best 1.0 -> 0
+    #   i2 [-1, -.6, 0, .8, -.8]: best 0.8 (t3), nothing wrong above -> 0
     m = retrieval_metrics(img, txt, gt, chunk=1)
     assert m["t2i_r1"] == pytest.approx(60.0) and m["t2i_r5"] == pytest.approx(100.0)
     assert m["i2t_r1"] == m["i2t_r5"] == m["i2t_r10"] == pytest.approx(100.0)
