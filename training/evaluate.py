@@ -22,6 +22,8 @@ from collections.abc import Iterable, Sequence
 import torch
 
 KS = (1, 5, 10)
+# At most this many similarities live at once (256 MB of float32), whatever ``chunk`` says.
+MAX_BLOCK = 1 << 26
 # Scores this close to the best correct one count as ties (float32 matmuls of
 # identical features can differ in the last bits depending on the row's position).
 TIE_TOLERANCE = 1e-6
@@ -68,6 +70,7 @@ def ranks(queries: torch.Tensor, candidates: torch.Tensor, positives: Sequence[S
     if empty:
         raise ValueError(f"{len(empty)} queries have no correct candidate (first: row {empty[0]})")
     out = torch.empty(n_q, dtype=torch.long)
+    chunk = max(1, min(chunk, MAX_BLOCK // max(1, n_c)))
     for start in range(0, n_q, chunk):
         stop = min(start + chunk, n_q)
         sims = queries[start:stop] @ candidates.T  # [chunk, N]

@@ -141,6 +141,19 @@ def test_an_image_no_caption_describes_is_a_distractor_not_a_query():
     assert retrieval_metrics(img, txt_confused, [[0], [1]])["t2i_r1"] == 50.0  # i2 still competes
 
 
+def test_blocked_recall_equals_one_block(monkeypatch):
+    from zhclip.training import evaluate as ev
+
+    g = torch.Generator().manual_seed(0)
+    img = F.normalize(torch.randn(40, 8, generator=g), dim=-1)
+    txt = F.normalize(img.repeat_interleave(3, dim=0) + torch.randn(120, 8, generator=g), dim=-1)
+    gt = [[t // 3] + ([(t // 3 + 1) % 40] if t % 7 == 0 else []) for t in range(120)]
+    whole = retrieval_metrics(img, txt, gt)
+    monkeypatch.setattr(ev, "MAX_BLOCK", 50)  # one or two query rows a block
+    assert retrieval_metrics(img, txt, gt, chunk=4096) == whole
+    assert 0 < whole["t2i_r1"] < 100
+
+
 @pytest.mark.parametrize("bad,word", [(float("nan"), "NaN"), (float("inf"), "infinite")])
 def test_nan_or_inf_features_raise(bad, word):
     img = F.normalize(torch.randn(6, 4), dim=-1)
