@@ -25,10 +25,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("zhclip.pipeline.demo.run", "the whole pipeline on a generated sample, on loopback"),
     "shards": ("zhclip.pipeline.inspect.cli", "inspect shard folders (ls, stats, head, verify, ...)"),
     "train": ("zhclip.training.cli", "two-stage Chinese CLIP pretraining on OUT/dataset"),
+    "eval": ("zhclip.training.eval_cli", "recall on a retrieval benchmark, or zero-shot classification"),
 }
 
 # Commands whose parser does not take --config/--set (they read shard folders).
-NO_CONFIG = {"shards"}
+NO_CONFIG = {"shards", "eval"}
 
 
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:

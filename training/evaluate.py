@@ -1,47 +1,132 @@
-"""Zero-shot retrieval on the val split: R@1/5/10 both ways and mean recall.
+"""Retrieval recall: R@1/5/10 both ways and mean recall, on any ground truth.
 
-Sample i's caption and image form the only correct pair. A query's rank is the
-number of candidates scoring strictly higher than its pair, so ties count in
-the query's favour. Similarities are computed ``chunk`` queries at a time
-(chunk x N, never N x N), so memory stays flat as the val set grows.
+A query may have several correct candidates (a benchmark image has about five
+captions; a caption may describe several images). A query's rank is the number
+of *wrong* candidates scoring at least as high as its best correct one, so ties
+count against the query: a collapsed model whose scores are all equal ranks
+every query behind all wrong candidates and scores 0, never above chance (the
+old rule, "strictly higher", gave such a model 100). A query is a hit at K when
+its rank is below K, which is exactly "some correct candidate is in the top K"
+whenever the scores have no ties, the rule Chinese-CLIP's evaluation script
+applies to its top-K prediction lists.
+
+Similarities are computed ``chunk`` queries at a time (chunk x N, never N x N),
+so memory stays flat as the set grows. Features that are NaN or infinite are an
+error: NaN compares false with everything, so it used to rank every query first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 
 KS = (1, 5, 10)
+# At most this many similarities live at once (256 MB of float32), whatever ``chunk`` says.
+MAX_BLOCK = 1 << 26
+# Scores this close to the best correct one count as ties (float32 matmuls of
+# identical features can differ in the last bits depending on the row's position).
+TIE_TOLERANCE = 1e-6
 
 
-def ranks_of_pairs(queries: torch.Tensor, candidates: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """For each query i, how many candidates score higher than candidate i."""
-    n = queries.shape[0]
-    out = torch.empty(n, dtype=torch.long)
-    for start in range(0, n, chunk):
-        q = queries[start:start + chunk]
-        sims = q @ candidates.T  # [chunk, N]
-        idx = torch.arange(start, start + q.shape[0], device=sims.device)
-        own = sims[torch.arange(q.shape[0], device=sims.device), idx].unsqueeze(1)
-        out[start:start + q.shape[0]] = (sims > own).sum(dim=1).cpu()
+def check_finite(name: str, features: torch.Tensor) -> None:
+    """Raise ValueError naming the first NaN/inf row, so a broken model never scores."""
+    finite = torch.isfinite(features)
+    if bool(finite.all()):
+        return
+    bad_rows = (~finite).reshape(features.shape[0], -1).any(dim=1)
+    kind = "NaN" if bool(torch.isnan(features).any()) else "infinite"
+    raise ValueError(f"{name} features contain {kind} values ({int(bad_rows.sum())} of "
+                     f"{features.shape[0]} rows, first at row {int(bad_rows.nonzero()[0, 0])}): "
+                     "the model diverged or its weights are broken")
+
+
+def invert(positives: Sequence[Sequence[int]], n_candidates: int) -> list[list[int]]:
+    """Ground truth the other way round: candidate j -> the queries that list j."""
+    out: list[list[int]] = [[] for _ in range(n_candidates)]
+    for q, cands in enumerate(positives):
+        for c in cands:
+            out[c].append(q)
     return out
 
 
+def _positive_mask(positives: Sequence[Sequence[int]], start: int, stop: int, n: int,
+                   device: torch.device) -> torch.Tensor:
+    mask = torch.zeros(stop - start, n, dtype=torch.bool, device=device)
+    rows = [r for r, q in enumerate(range(start, stop)) for _ in positives[q]]
+    cols = [c for q in range(start, stop) for c in positives[q]]
+    if rows:
+        mask[torch.tensor(rows, device=device), torch.tensor(cols, device=device)] = True
+    return mask
+
+
+def ranks(queries: torch.Tensor, candidates: torch.Tensor, positives: Sequence[Sequence[int]],
+          chunk: int = 4096) -> torch.Tensor:
+    """For each query, how many wrong candidates score >= its best correct candidate."""
+    n_q, n_c = queries.shape[0], candidates.shape[0]
+    if len(positives) != n_q:
+        raise ValueError(f"ground truth lists {len(positives)} queries, features have {n_q}")
+    empty = [q for q, p in enumerate(positives) if not p]
+    if empty:
+        raise ValueError(f"{len(empty)} queries have no correct candidate (first: row {empty[0]})")
+    out = torch.empty(n_q, dtype=torch.long)
+    chunk = max(1, min(chunk, MAX_BLOCK // max(1, n_c)))
+    for start in range(0, n_q, chunk):
+        stop = min(start + chunk, n_q)
+        sims = queries[start:stop] @ candidates.T  # [chunk, N]
+        pos = _positive_mask(positives, start, stop, n_c, sims.device)
+        best = sims.masked_fill(~pos, float("-inf")).max(dim=1, keepdim=True).values
+        out[start:stop] = ((sims >= best - TIE_TOLERANCE) & ~pos).sum(dim=1).cpu()
+    return out
+
+
+def ranks_of_pairs(queries: torch.Tensor, candidates: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """Ranks when query i's only correct candidate is candidate i (the val shards)."""
+    return ranks(queries, candidates, [[i] for i in range(queries.shape[0])], chunk)
+
+
+def recall_at(rank: torch.Tensor, ks: Iterable[int] = KS) -> dict[int, float]:
+    """Percent of queries whose rank is below k, for each k."""
+    n = max(1, rank.numel())  # counted in Python ints, so 1/24 is exact to float64, not float32
+    return {k: 100.0 * int((rank < k).sum()) / n for k in ks}
+
+
 def retrieval_metrics(image_features: torch.Tensor, text_features: torch.Tensor,
+                      text_to_images: Sequence[Sequence[int]] | None = None,
                       chunk: int = 4096) -> dict[str, float]:
-    """t2i and i2t recall at 1, 5, 10 (percent) and their mean."""
-    if image_features.shape[0] != text_features.shape[0]:
-        raise ValueError("need one image per caption")
+    """t2i and i2t recall at 1, 5, 10 (percent), their mean, and the set's size.
+
+    ``text_to_images[t]`` lists the rows of ``image_features`` that caption ``t``
+    describes; without it, caption i belongs to image i only.
+    """
+    check_finite("image", image_features)
+    check_finite("text", text_features)
+    if text_to_images is None:
+        if image_features.shape[0] != text_features.shape[0]:
+            raise ValueError("without a ground truth, need one image per caption")
+        text_to_images = [[i] for i in range(text_features.shape[0])]
+    image_to_texts = invert(text_to_images, image_features.shape[0])
+    # an image no caption describes is a distractor for t2i, not an i2t query
+    # (Chinese-CLIP's i2t ground truth is built from the captions the same way)
+    rows = [i for i, texts in enumerate(image_to_texts) if texts]
+    i2t = ranks(image_features[rows], text_features, [image_to_texts[i] for i in rows], chunk)
     metrics: dict[str, float] = {}
-    t2i = ranks_of_pairs(text_features, image_features, chunk)
-    i2t = ranks_of_pairs(image_features, text_features, chunk)
-    for name, ranks in (("t2i", t2i), ("i2t", i2t)):
-        for k in KS:
-            metrics[f"{name}_R@{k}"] = 100.0 * (ranks < k).float().mean().item()
+    for name, rank in (("t2i", ranks(text_features, image_features, text_to_images, chunk)),
+                       ("i2t", i2t)):
+        for k, value in recall_at(rank).items():
+            metrics[f"{name}_r{k}"] = value
     metrics["mean_recall"] = sum(metrics.values()) / len(metrics)
-    metrics["n"] = float(image_features.shape[0])
+    metrics["n_images"] = float(image_features.shape[0])
+    metrics["n_texts"] = float(text_features.shape[0])
     return metrics
+
+
+def top_k(queries: torch.Tensor, candidates: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
+    """Indices [Q, k] of each query's k best candidates, best first (for prediction files)."""
+    k = min(k, candidates.shape[0])
+    parts = [(queries[s:s + chunk] @ candidates.T).topk(k, dim=1).indices.cpu()
+             for s in range(0, queries.shape[0], chunk)]
+    return torch.cat(parts) if parts else torch.empty(0, k, dtype=torch.long)
 
 
 @torch.no_grad()
@@ -68,5 +153,6 @@ def embed(model, batches: Iterable[dict], device: torch.device,
 
 def evaluate(model, batches: Iterable[dict], device: torch.device, chunk: int = 4096,
              autocast: torch.autocast | None = None) -> dict[str, float]:
+    """Recall on the val shards, where each sample's caption and image form one pair."""
     image_features, text_features = embed(model, batches, device, autocast)
-    return retrieval_metrics(image_features, text_features, chunk)
+    return retrieval_metrics(image_features, text_features, chunk=chunk)

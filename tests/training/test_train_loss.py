@@ -27,30 +27,30 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_recall_matches_hand_computed_example():
+def test_recall_matches_hand_computed_example_ties_against_the_query():
     img = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [-1.0, 0.0]])
     txt = torch.tensor([[1.0, 0.0], [0.8, 0.6], [-0.6, 0.8], [0.0, 1.0]])
     # similarities, text i (row) x image j (column), worked out by hand:
-    #   t0: [ 1.0,  0.6 ,  0.0, -1.0]   own 1.0  -> 0 images above
+    #   t0: [ 1.0,  0.6 ,  0.0, -1.0]   own 1.0  -> 0 wrong images at or above
     #   t1: [ 0.8,  0.96,  0.6, -0.8]   own 0.96 -> 0
     #   t2: [-0.6,  0.28,  0.8,  0.6]   own 0.8  -> 0
-    #   t3: [ 0.0,  0.8 ,  1.0,  0.0]   own 0.0  -> 2 (the tie with image 0 does not count)
+    #   t3: [ 0.0,  0.8 ,  1.0,  0.0]   own 0.0  -> 3 (the tie with image 0 counts against it)
     # image -> text reads the columns: i0 0, i1 0, i2 1 (t3 = 1.0), i3 1 (t2 = 0.6)
-    assert ranks_of_pairs(txt, img, chunk=3).tolist() == [0, 0, 0, 2]
+    assert ranks_of_pairs(txt, img, chunk=3).tolist() == [0, 0, 0, 3]
     assert ranks_of_pairs(img, txt, chunk=1).tolist() == [0, 0, 1, 1]
     m = retrieval_metrics(img, txt, chunk=2)
-    assert m["t2i_R@1"] == pytest.approx(75.0)
-    assert m["i2t_R@1"] == pytest.approx(50.0)
-    assert m["t2i_R@5"] == m["t2i_R@10"] == m["i2t_R@5"] == pytest.approx(100.0)
+    assert m["t2i_r1"] == pytest.approx(75.0)
+    assert m["i2t_r1"] == pytest.approx(50.0)
+    assert m["t2i_r5"] == m["t2i_r10"] == m["i2t_r5"] == pytest.approx(100.0)
     assert m["mean_recall"] == pytest.approx((75 + 100 + 100 + 50 + 100 + 100) / 6)
     # R@5 below 100 needs more than 5 candidates: a 7-pair set with one pair ranked 6th
     eye = torch.eye(7)
     shuffled = eye[[0, 1, 2, 3, 4, 5, 6]].clone()
     shuffled[6] = F.normalize(torch.ones(7) - eye[6] * 1.5, dim=0)  # t6 prefers every other image
     m7 = retrieval_metrics(eye, shuffled)
-    assert m7["t2i_R@1"] == pytest.approx(600 / 7)
-    assert m7["t2i_R@5"] == pytest.approx(600 / 7)
-    assert m7["t2i_R@10"] == pytest.approx(100.0)
+    assert m7["t2i_r1"] == pytest.approx(600 / 7)
+    assert m7["t2i_r5"] == pytest.approx(600 / 7)
+    assert m7["t2i_r10"] == pytest.approx(100.0)
 
 
 def test_chunked_recall_equals_unchunked():
