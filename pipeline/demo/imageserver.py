@@ -172,7 +172,7 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.server.owner
         parts = urlsplit(self.path)
         path, query = parts.path, parse_qs(parts.query)
-        owner._count(path)
+        owner._count(path, self.headers.get("Host"))
         if owner._should_fail(path, self.path, query):
             self._send(503, b"try again later", "text/plain")
             return
@@ -350,6 +350,7 @@ class ImageServer(_ServerUrls):
         self._fail_remaining: dict[str, int] = {}
         self._query_failures: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
+        self.host_headers: dict[str, str | None] = {}  # path -> Host header of its last request
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -411,9 +412,10 @@ class ImageServer(_ServerUrls):
                 self._images[key] = cached
         return cached
 
-    def _count(self, path: str) -> None:
+    def _count(self, path: str, host: str | None = None) -> None:
         with self._lock:
             self.requests[path] += 1
+            self.host_headers[path] = host
 
     def _should_fail(self, path: str, raw: str, query: dict) -> bool:
         with self._lock:

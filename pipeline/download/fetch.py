@@ -382,8 +382,11 @@ def request_url(url: object, schemes: tuple[str, ...]) -> tuple[str | None, str 
         return None, tagged(INVALID_URL, f"host {host!r} of {url!r} has no valid IDNA form")
     netloc = ascii_host if port is None else f"{ascii_host}:{port}"
     safe = "/%:@!$&'()*+,;=-._~?"
-    return urlunsplit((scheme, netloc, quote(parts.path, safe=safe) or "/",
-                       quote(parts.query, safe=safe), "")), None
+    try:
+        path, query = quote(parts.path, safe=safe), quote(parts.query, safe=safe)
+    except UnicodeError as err:  # a lone surrogate has no UTF-8 form
+        return None, tagged(INVALID_URL, f"{url!r} cannot be percent-encoded: {err}")
+    return urlunsplit((scheme, netloc, path or "/", query, "")), None
 
 
 def _fetch(opener, policy: FetchPolicy, url, timeout: float, deadline: _Deadline,
