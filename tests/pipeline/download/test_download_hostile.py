@@ -17,6 +17,8 @@ import threading
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from zhclip.pipeline.core.reasons import (
     INVALID_URL,
     PRIVATE_ADDRESS,
@@ -241,3 +243,31 @@ def test_importing_img2dataset_after_zhclip_makes_no_network_call():
                           text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "CALLS []" in done.stdout, done.stdout + done.stderr[-1000:]
+
+
+# --- item 1: fuzzing download_image ----------------------------------------------------------
+
+_URLISH = st.builds(
+    lambda scheme, userinfo, host, port, path: f"{scheme}://{userinfo}{host}{port}{path}",
+    st.sampled_from(["http", "https", "HTTP", "ftp", "file", ""]),
+    st.sampled_from(["", "u@", "u:p@", "a\uff03@", "@", "x\uff0f@"]),
+    st.one_of(st.text(max_size=20), st.sampled_from(
+        ["[1.2.3.4]", "[::1", "[2002:7f00:1::1]", "例子.测试", "１２７.０.０.１", "127.0.0.1"])),
+    st.sampled_from(["", ":80", ":99999", ":x", ":"]),
+    st.text(max_size=20),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(url=st.one_of(st.text(max_size=60), _URLISH))
+def test_download_image_never_raises_and_always_names_a_reason(url):
+    def no_dns(host, *args):
+        raise socket.gaierror(socket.EAI_NONAME, "fuzzing: no DNS")
+
+    original = F.resolve
+    F.resolve = no_dns  # hypothesis runs examples without function-scoped fixtures
+    try:
+        key, stream, error = fetch(url, allow=(), timeout=0.2, deadline=0.5)
+    finally:
+        F.resolve = original
+    assert key == "k" and stream is None and isinstance(error, str) and error
