@@ -102,9 +102,12 @@ def _fast_url_re(schemes: Sequence[str]) -> str | None:
         return None
     return (
         rf"^(?:{'|'.join(net)})://[a-z0-9_][a-z0-9_\-]*(?:\.[a-z0-9_][a-z0-9_\-]*)*\.[a-z][a-z0-9\-]*\.?"
-        r"(?::[0-9]{1,5})?(?:[/?#][^\s]*)?$"
+        rf"(?::{_PORT_RE})?(?:[/?#][^\s]*)?$"
     )
 
+
+# 0-65535 (with leading zeros, as urllib reads them); a larger port takes the full parse.
+_PORT_RE = r"(?:0*(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))"
 
 _FAST_KEY_RE = r"^[a-z][a-z0-9+.\-]*://[a-z0-9_\-]+(?:\.[a-z0-9_\-]+)*/[^#\s]*$"
 

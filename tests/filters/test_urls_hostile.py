@@ -44,6 +44,8 @@ def test_embedded_ipv4_reads_each_form():
     ("http://a\uff03@example.com/a.jpg", REASON_INVALID_URL),  # fullwidth # in userinfo
     ("http://a\uff0f@example.com/a.jpg", REASON_INVALID_URL),  # fullwidth / in userinfo
     ("http://[2606:4700::1]:99999/a.jpg", REASON_INVALID_URL),
+    ("http://example.com:99999/a.jpg", REASON_INVALID_URL),  # port out of range
+    ("http://example.com:65536/a.jpg", REASON_INVALID_URL),
     ("http://例子..测试/a.jpg", REASON_INVALID_URL),  # empty label: no IDNA form
     ("http://" + "例" * 70 + ".cn/a.jpg", REASON_INVALID_URL),  # label over 63 once encoded
 ])
@@ -56,6 +58,8 @@ def test_stage1_rejects_what_stage2_would_refuse_or_misread(url, reason):
     "https://\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45.com/a.jpg",  # fullwidth letters: example.com
     "http://user:pw@example.com/a.jpg",
     "http://[2606:4700::1111]/a.jpg",
+    "http://example.com:65535/a.jpg",
+    "http://example.com:08080/a.jpg",
 ])
 def test_stage1_keeps_international_and_unusual_but_valid_urls(url):
     assert url_reason(url) is None
