@@ -323,28 +323,30 @@ class DeadlinePassed(TimeoutError):
     """The image's total deadline passed while its response was being read."""
 
 
-def read_capped(response, cap: int, deadline: _Deadline | None = None) -> bytes | None:
-    """The whole body, or None once it is known to exceed ``cap`` bytes.
+def read_capped(response, cap: int, deadline: _Deadline | None = None) -> io.BytesIO | None:
+    """The whole body as a stream, or None once it is known to exceed ``cap`` bytes.
 
     The body is always read in pieces and the cap counts the bytes actually
     read: a Content-Length is only believed when it already says "too big",
     since a chunked body may carry a small one and then send gigabytes.
     Between pieces the deadline is checked, so a slow body cannot outlast it.
+    Pieces go straight into one buffer (no list joined at the end), so a body
+    costs its own size once, at most ``cap`` plus one piece per thread.
     """
     declared = response.headers.get("Content-Length")
     if declared is not None and declared.strip().isdigit() and int(declared) > cap:
         return None
-    parts, size = [], 0
+    body = io.BytesIO()
     while True:
         if deadline is not None and deadline.passed():
             raise DeadlinePassed("deadline passed while reading the body")
         chunk = response.read(1 << 16)
         if not chunk:
-            return b"".join(parts)
-        size += len(chunk)
-        if size > cap:
+            body.seek(0)
+            return body
+        if body.tell() + len(chunk) > cap:
             return None
-        parts.append(chunk)
+        body.write(chunk)
 
 
 def _deadline_message(seconds: float) -> str:
@@ -412,7 +414,7 @@ def _fetch(opener, policy: FetchPolicy, url, timeout: float, deadline: _Deadline
         return None, tagged(
             RESPONSE_TOO_LARGE, f"response is over {policy.max_response_bytes} bytes"
         )
-    return io.BytesIO(data), None
+    return data, None
 
 
 def make_fetch_function(policy: FetchPolicy) -> FetchFunction:
