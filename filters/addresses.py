@@ -69,19 +69,47 @@ def is_non_public(ip: IPAddress) -> bool:
     )
 
 
+_NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def embedded_ipv4(ip: IPAddress) -> tuple[ipaddress.IPv4Address, ...]:
+    """IPv4 addresses an IPv6 address carries inside it and may be routed to.
+
+    6to4 (2002::/16) and NAT64 (64:ff9b::/96) gateways forward to the IPv4
+    address written in the IPv6 one, and Teredo (2001::/32) names a server and
+    a client IPv4; a private IPv4 must not reach the crawler through any of them.
+    """
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return ()
+    found: list[ipaddress.IPv4Address] = []
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found.extend(ip.teredo)
+    if ip in _NAT64_WELL_KNOWN:
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return tuple(found)
+
+
+def _allowed(addr: IPAddress, allow_networks: Iterable[str]) -> bool:
+    return any(
+        addr.version == net.version and addr in net
+        for net in parse_networks(tuple(allow_networks))
+    )
+
+
 def is_blocked_address(ip: str, allow_networks: Iterable[str] = ()) -> bool:
     """True if a crawler must not connect to ``ip``.
 
     Non-public addresses are blocked unless one of ``allow_networks`` (CIDR
-    strings, e.g. ``["127.0.0.0/8"]`` in tests) contains them. A string that is
-    not an IP address at all is blocked: the caller must resolve names first.
+    strings, e.g. ``["127.0.0.0/8"]`` in tests) contains them; an IPv6 address
+    that embeds a blocked IPv4 (6to4, Teredo, NAT64) is blocked too. A string
+    that is not an IP address at all is blocked: the caller must resolve names first.
     """
     addr = parse_ip(ip)
     if addr is None:
         return True
-    if not is_non_public(addr):
-        return False
-    for net in parse_networks(tuple(allow_networks)):
-        if addr.version == net.version and addr in net:
-            return False
-    return True
+    for inner in embedded_ipv4(addr):
+        if is_non_public(inner) and not _allowed(inner, allow_networks):
+            return True
+    return is_non_public(addr) and not _allowed(addr, allow_networks)

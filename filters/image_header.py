@@ -5,7 +5,8 @@ Decoding is where hostile content hurts: a 2 KB file whose header claims
 and a JPEG cut off mid-transfer may decode into a half-grey picture that would
 enter the corpus as if it were fine. Both are visible in the first and last
 bytes of the file, so these checks read only the header and trailer: they cost
-microseconds and keep the decoder away from bytes it should never see.
+microseconds and keep the decoder away from bytes it should never see. A file
+whose size cannot be read this way is not decoded at all.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import struct
 
 from zhclip.pipeline.core.reasons import (
     EMPTY_BODY,
+    INVALID_IMAGE,
     NOT_AN_IMAGE,
     TOO_LARGE,
     TRUNCATED_IMAGE,
@@ -63,26 +65,35 @@ def looks_like_text(data: bytes) -> bool:
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    i = 2
-    n = len(data)
-    while i + 9 < n:
+    """The largest frame a JPEG declares before its first scan.
+
+    Decoders (libjpeg, hence OpenCV and Pillow) skip junk bytes between
+    markers, so this scan does too: stopping at the first odd byte would let
+    one junk byte hide a 30000x30000 frame. Every frame header is read, and
+    the largest wins, so a small decoy frame cannot stand in for a big one.
+    """
+    i, n = 2, len(data)
+    best: tuple[int, int] | None = None
+    while i + 4 <= n:
         if data[i] != 0xFF:
-            return None
+            i += 1  # junk between segments, as libjpeg tolerates
+            continue
         marker = data[i + 1]
         if marker == 0xFF:  # fill byte
             i += 1
             continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+        if marker in (0x00, 0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
             i += 2
             continue
+        if marker == 0xDA:  # start of scan: frames come before it
+            return best
         (length,) = struct.unpack(">H", data[i + 2 : i + 4])
-        if marker in _JPEG_SOF:
+        if marker in _JPEG_SOF and i + 9 <= n:
             height, width = struct.unpack(">HH", data[i + 5 : i + 9])
-            return width, height
-        if marker == 0xDA:  # start of scan before any frame header
-            return None
-        i += 2 + length
-    return None
+            if best is None or width * height > best[0] * best[1]:
+                best = (width, height)
+        i += 2 + max(length, 2)
+    return best
 
 
 def _png_size(data: bytes) -> tuple[int, int] | None:
@@ -112,10 +123,25 @@ def _gif_size(data: bytes) -> tuple[int, int] | None:
     return struct.unpack("<HH", data[6:10])
 
 
+def _bmp_size(data: bytes) -> tuple[int, int] | None:
+    """BMP width and height (a negative height means top-down rows)."""
+    if len(data) < 26:
+        return None
+    (header_bytes,) = struct.unpack("<I", data[14:18])
+    if header_bytes == 12:  # OS/2 BITMAPCOREHEADER: 16-bit sizes
+        return struct.unpack("<HH", data[18:22])
+    width, height = struct.unpack("<ii", data[18:26])
+    return abs(width), abs(height)
+
+
+_SIZE_READERS = {JPEG: _jpeg_size, PNG: _png_size, WEBP: _webp_size, GIF: _gif_size,
+                 BMP: _bmp_size}
+
+
 def header_size(data: bytes, fmt: str | None = None) -> tuple[int, int] | None:
     """(width, height) the file's header claims, without decoding; None if unknown."""
     fmt = fmt or sniff_format(data)
-    reader = {JPEG: _jpeg_size, PNG: _png_size, WEBP: _webp_size, GIF: _gif_size}.get(fmt or "")
+    reader = _SIZE_READERS.get(fmt or "")
     if reader is None:
         return None
     try:
@@ -143,8 +169,10 @@ def is_truncated(data: bytes, fmt: str | None = None) -> bool:
 def check_image_bytes(data: bytes, max_image_area: float) -> str | None:
     """Why these bytes must not be decoded, as a tagged error message; None if fine.
 
-    Unknown formats pass: the decoder may still read them and reports its own
-    error if not.
+    Only formats whose size is read here reach the decoder: for any other
+    (TIFF, JPEG 2000, PPM, an unknown binary), or a file of a known format
+    whose header gives no size, the pixels it would allocate are unknown, so
+    it is refused rather than decoded to find out.
     """
     if not data:
         return tagged(EMPTY_BODY, "the response had no bytes")
@@ -152,9 +180,11 @@ def check_image_bytes(data: bytes, max_image_area: float) -> str | None:
     if fmt is None:
         if looks_like_text(data):
             return tagged(NOT_AN_IMAGE, f"body is text, starts with {data[:40]!r}")
-        return None
+        return tagged(INVALID_IMAGE, f"not a JPEG, PNG, WebP, GIF or BMP (starts {data[:8]!r})")
     size = header_size(data, fmt)
-    if size is not None and size[0] * size[1] > max_image_area:
+    if size is None:
+        return tagged(INVALID_IMAGE, f"{fmt} file whose pixel size cannot be read before decoding")
+    if size[0] * size[1] > max_image_area:
         return tagged(
             TOO_LARGE,
             f"{fmt} header claims {size[0]}x{size[1]} pixels, over download.max_image_area "

@@ -12,7 +12,9 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import unicodedata
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,6 +32,48 @@ _HOST_OK_RE2 = r"^[\p{L}\p{N}_](?:[\p{L}\p{N}_\-]{0,62})(?:\.[\p{L}\p{N}_](?:[\p
 # Hosts made only of digits, dots and hex prefixes may be IPv4 in some spelling.
 _NUMERIC_HOST_RE2 = r"^(?:0[xX][0-9A-Fa-f]*|[0-9]+)(?:\.(?:0[xX][0-9A-Fa-f]*|[0-9]+))*\.?$"
 _LOCALHOST_RE2 = r"^(?:localhost|.*\.localhost)\.?$"
+
+
+def idna_host(host: str) -> str | None:
+    """The ASCII (IDNA) form of a host as it goes into DNS and the Host header; None if
+    the host has no valid one.
+
+    The host is NFKC-folded first, as browsers do, so fullwidth letters, digits
+    and dots become their ASCII selves before anything else looks at them (a
+    fullwidth ``１２７．０．０．１`` is 127.0.0.1). Bracketed IPv6 literals pass through.
+    """
+    folded = unicodedata.normalize("NFKC", host).lower()
+    if folded.startswith("[") or folded.isascii():
+        ascii_host = folded
+    else:
+        try:
+            ascii_host = folded.encode("idna").decode("ascii")
+        except UnicodeError:
+            return None
+    if not ascii_host.startswith("[") and not re.fullmatch(_ASCII_HOST_RE, ascii_host):
+        return None
+    return ascii_host
+
+
+def splits_cleanly(url: str) -> bool:
+    """True if ``urllib.parse`` reads the URL's host and port without an error, and a
+    bracketed host is an IPv6 address (RFC 3986 brackets only IPv6)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+        host = parts.hostname
+    except ValueError:
+        return False
+    if "[" in parts.netloc:
+        try:
+            ipaddress.IPv6Address((host or "").split("%", 1)[0])
+        except ValueError:
+            return False
+    return True
+
+
+_ASCII_HOST_RE = r"(?=.{1,253}$)[a-z0-9_](?:[a-z0-9_\-]{0,62})(?:\.[a-z0-9_](?:[a-z0-9_\-]{0,62}))*\.?"
+
 
 def parse_networks(allow_networks: Sequence[str]) -> tuple:
     """Parse ``allow_networks``; a bad entry raises a ValueError naming it."""
@@ -58,9 +102,12 @@ def _fast_url_re(schemes: Sequence[str]) -> str | None:
         return None
     return (
         rf"^(?:{'|'.join(net)})://[a-z0-9_][a-z0-9_\-]*(?:\.[a-z0-9_][a-z0-9_\-]*)*\.[a-z][a-z0-9\-]*\.?"
-        r"(?::[0-9]{1,5})?(?:[/?#][^\s]*)?$"
+        rf"(?::{_PORT_RE})?(?:[/?#][^\s]*)?$"
     )
 
+
+# 0-65535 (with leading zeros, as urllib reads them); a larger port takes the full parse.
+_PORT_RE = r"(?:0*(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))"
 
 _FAST_KEY_RE = r"^[a-z][a-z0-9+.\-]*://[a-z0-9_\-]+(?:\.[a-z0-9_\-]+)*/[^#\s]*$"
 
@@ -108,7 +155,8 @@ def _url_reasons_full(
     parts = pc.extract_regex(urls, _URL_RE2)
     matched = pc.is_valid(parts)
     scheme = pc.utf8_lower(pc.struct_field(parts, "scheme"))
-    host = pc.utf8_lower(pc.struct_field(parts, "host"))
+    # NFKC first: fullwidth digits and dots must not hide a literal address.
+    host = pc.utf8_lower(pc.utf8_normalize(pc.struct_field(parts, "host"), "NFKC"))
     is_file = pc.equal(scheme, "file")
     scheme_ok = pc.is_in(scheme, value_set=allowed_schemes)
     host_nonempty = pc.greater(pc.utf8_length(host), 0)
@@ -125,6 +173,17 @@ def _url_reasons_full(
     invalid_idx = pc.indices_nonzero(pc.invert(valid)).to_pylist()
     for i in invalid_idx:
         reasons[i] = REASON_INVALID_URL
+    # What the downloader's URL parser refuses (a bracketed IPv4, userinfo that
+    # NFKC-folds into a delimiter, a port out of range) must not pass stage 1.
+    for i in pc.indices_nonzero(valid).to_pylist():
+        if not splits_cleanly(urls[i].as_py()):
+            reasons[i] = REASON_INVALID_URL
+    # International names must have an IDNA form, or no request can name them.
+    non_ascii = pc.fill_null(pc.and_(valid, pc.invert(pc.string_is_ascii(host))), False)
+    for i, h in zip(pc.indices_nonzero(non_ascii).to_pylist(),
+                    pc.filter(host, non_ascii).to_pylist(), strict=True):
+        if idna_host(h) is None:
+            reasons[i] = REASON_INVALID_URL
     # Hosts that may be addresses: bracketed, numeric-looking, or localhost names.
     maybe_ip = pc.fill_null(
         pc.and_(

@@ -178,6 +178,9 @@ class DownloadConfig(_Strict):
     """Largest accepted original aspect ratio."""
     timeout: float = Field(10, gt=0)
     """Seconds per request."""
+    deadline: float | None = Field(None, gt=0)
+    """Seconds one image may take in all (connect, headers, body); a host sending a
+    byte a second never trips the per-read timeout. Default (null): 3 x timeout."""
     retries: int = Field(1, ge=0)
     """Retries per URL."""
     thread_count: int = Field(32, ge=1)

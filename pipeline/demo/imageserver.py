@@ -38,6 +38,7 @@ from zhclip.pipeline.core.reasons import (
     NOT_AN_IMAGE,
     PRIVATE_ADDRESS,
     REDIRECT_LOOP,
+    RESPONSE_TOO_LARGE,
     TIMEOUT,
     TOO_LARGE,
     TRUNCATED_IMAGE,
@@ -71,6 +72,18 @@ FAULTS: dict[str, Fault] = {
     "robots_noai": Fault("/fault/noai.jpg", DISALLOWED_BY_HEADER),
     "wrong_content_type": Fault("/fault/wrong-type.jpg", None),
 }
+
+# Responses built to hurt the client rather than merely fail: each must end in
+# its error class within the download deadline and memory bound.
+HOSTILE: dict[str, Fault] = {
+    "drip_headers": Fault("/hostile/drip-headers.jpg", TIMEOUT),
+    "drip_body": Fault("/hostile/drip-body.jpg", TIMEOUT),
+    "chunked_small_length": Fault("/hostile/chunked.jpg", RESPONSE_TOO_LARGE),
+    "jpeg_junk_before_sof": Fault("/hostile/junk-sof.jpg", TOO_LARGE),
+    "rle_bmp_bomb": Fault("/hostile/rle-bomb.bmp", TOO_LARGE),
+}
+BMP_BOMB_SIDE = 15_000
+JPEG_BOMB_SIDE = 20_000
 
 PRIVATE_REDIRECT_TARGET = "http://10.0.0.1/image.jpg"
 METADATA_REDIRECT_TARGET = "http://169.254.169.254/latest/meta-data/iam/security-credentials/"
@@ -109,6 +122,27 @@ def decompression_bomb_png(side: int = BOMB_SIDE) -> bytes:
     )
 
 
+def jpeg_with_junk_before_sof(jpeg: bytes, side: int = JPEG_BOMB_SIDE) -> bytes:
+    """``jpeg`` with its frame header claiming side x side, behind one junk byte.
+
+    libjpeg skips the junk (with a warning) and allocates the full frame; a size
+    check that stops at the first byte that is not 0xFF never sees it.
+    """
+    sof = next(jpeg.find(bytes([0xFF, m])) for m in (0xC0, 0xC2) if jpeg.find(bytes([0xFF, m])) > 0)
+    patched = jpeg[: sof + 5] + struct.pack(">HH", side, side) + jpeg[sof + 9 :]
+    return patched[:sof] + b"\x00" + patched[sof:]
+
+
+def rle_bmp_bomb(side: int = BMP_BOMB_SIDE) -> bytes:
+    """A ~1 KB RLE8 BMP whose header claims side x side pixels (the data ends at once)."""
+    palette = b"".join(bytes([i, i, i, 0]) for i in range(256))
+    pixels = b"\x00\x01"  # RLE8 "end of bitmap": every pixel left at index 0
+    offset = 14 + 40 + len(palette)
+    info = struct.pack("<IiiHHIIiiII", 40, side, side, 1, 8, 1, len(pixels), 2835, 2835, 256, 0)
+    header = b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset)
+    return header + info + palette + pixels
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.0"
@@ -138,7 +172,7 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.server.owner
         parts = urlsplit(self.path)
         path, query = parts.path, parse_qs(parts.query)
-        owner._count(path)
+        owner._count(path, self.headers.get("Host"))
         if owner._should_fail(path, self.path, query):
             self._send(503, b"try again later", "text/plain")
             return
@@ -150,6 +184,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._redirect(query.get("to", ["/"])[0])
         elif path.startswith("/fault/"):
             self._serve_fault(path)
+        elif path.startswith("/hostile/"):
+            self._serve_hostile(path)
         else:
             self._send(404, b"not found", "text/plain")
 
@@ -198,6 +234,45 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b"no such fault", "text/plain")
 
 
+    def _drip(self, data: bytes) -> None:
+        """Write ``data`` one byte per ``drip_interval`` until done, stopped or hung up on."""
+        owner = self.server.owner
+        for i in range(len(data)):
+            if owner._stopping.wait(owner.drip_interval):
+                return
+            self.wfile.write(data[i : i + 1])
+            self.wfile.flush()
+
+    def _serve_hostile(self, path: str) -> None:
+        owner = self.server.owner
+        jpeg = owner.image_bytes("hostile", "jpg", *DEFAULT_SIZE)
+        w = self.wfile
+        if path == HOSTILE["drip_headers"].path:
+            w.write(b"HTTP/1.0 200 OK\r\nContent-Type: image/jpeg\r\nX-Drip: ")
+            w.flush()
+            self._drip(b"x" * owner.drip_bytes)
+        elif path == HOSTILE["drip_body"].path:
+            w.write(b"HTTP/1.0 200 OK\r\nContent-Type: image/jpeg\r\n"
+                    b"Content-Length: %d\r\n\r\n" % len(jpeg))
+            w.flush()
+            self._drip(jpeg[: owner.drip_bytes])
+        elif path == HOSTILE["chunked_small_length"].path:
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 1000\r\n"
+                    b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+            chunk = b"\xab" * (1 << 16)
+            for _ in range(owner.chunked_bytes // len(chunk)):
+                if owner._stopping.is_set():
+                    return
+                w.write(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+            w.write(b"0\r\n\r\n")
+        elif path == HOSTILE["jpeg_junk_before_sof"].path:
+            self._send(200, jpeg_with_junk_before_sof(jpeg), "image/jpeg")
+        elif path == HOSTILE["rle_bmp_bomb"].path:
+            self._send(200, rle_bmp_bomb(), "image/bmp")
+        else:
+            self._send(404, b"no such hostile response", "text/plain")
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -208,7 +283,7 @@ class _Server(ThreadingHTTPServer):
         # A client that timed out and hung up (the ``slow`` fault) is expected.
         import sys
 
-        if isinstance(sys.exc_info()[1], ConnectionError):
+        if isinstance(sys.exc_info()[1], ConnectionError | ValueError):  # hung up mid-write
             return
         super().handle_error(request, client_address)
 
@@ -238,6 +313,12 @@ class _ServerUrls:
             raise KeyError(f"unknown fault {kind!r}; known: {sorted(FAULTS)}")
         return self.url(FAULTS[kind].path)
 
+    def hostile_url(self, kind: str) -> str:
+        """URL of one of :data:`HOSTILE`'s responses."""
+        if kind not in HOSTILE:
+            raise KeyError(f"unknown hostile response {kind!r}; known: {sorted(HOSTILE)}")
+        return self.url(HOSTILE[kind].path)
+
     def redirect_url(self, target: str) -> str:
         """A URL that answers 302 to ``target`` (which is never fetched by the server)."""
         return self.url("/redirect?to=" + quote(target, safe=""))
@@ -247,15 +328,20 @@ class ImageServer(_ServerUrls):
     """The loopback image server; a context manager that starts and stops it.
 
     ``slow_seconds`` is how long the ``slow`` fault waits before answering:
-    set the download timeout below it. ``image_delay`` slows every image
+    set the download timeout below it. ``drip_interval``, ``drip_bytes`` and
+    ``chunked_bytes`` shape the :data:`HOSTILE` responses. ``image_delay`` slows every image
     answer, for jobs that must still be running when a test interrupts them.
     """
 
     def __init__(self, slow_seconds: float = 3.0, host: str = "127.0.0.1",
-                 image_delay: float = 0.0):
+                 image_delay: float = 0.0, drip_interval: float = 0.2, drip_bytes: int = 600,
+                 chunked_bytes: int = 80 << 20):
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError("ImageServer only listens on loopback")
         self.slow_seconds = slow_seconds
+        self.drip_interval = drip_interval  # seconds between bytes of the drip responses
+        self.drip_bytes = drip_bytes  # bytes a drip sends before it ends (2 minutes at 0.2 s)
+        self.chunked_bytes = chunked_bytes  # body size behind the chunked response's 1000
         self.image_delay = image_delay  # seconds before each /img/ answer (long-running jobs)
         self.host = host
         self._lock = threading.Lock()
@@ -264,6 +350,7 @@ class ImageServer(_ServerUrls):
         self._fail_remaining: dict[str, int] = {}
         self._query_failures: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
+        self.host_headers: dict[str, str | None] = {}  # path -> Host header of its last request
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -325,9 +412,10 @@ class ImageServer(_ServerUrls):
                 self._images[key] = cached
         return cached
 
-    def _count(self, path: str) -> None:
+    def _count(self, path: str, host: str | None = None) -> None:
         with self._lock:
             self.requests[path] += 1
+            self.host_headers[path] = host
 
     def _should_fail(self, path: str, raw: str, query: dict) -> bool:
         with self._lock:

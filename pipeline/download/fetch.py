@@ -18,30 +18,36 @@ of img2dataset (threads, retries, resizing, writing) is used unchanged.
 from __future__ import annotations
 
 import functools
+import heapq
 import http.client
 import io
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from zhclip.filters.addresses import is_blocked_address, parse_networks
+from zhclip.filters.urls import idna_host
 from zhclip.pipeline.core.reasons import (
     DISALLOWED_BY_HEADER,
     INVALID_URL,
     PRIVATE_ADDRESS,
     RESPONSE_TOO_LARGE,
     SCHEME_NOT_ALLOWED,
+    TIMEOUT,
     tagged,
 )
 
 # A response bigger than this is not an image worth keeping; reading it whole
 # would let one URL exhaust a worker's memory.
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+# Without download.deadline, an image gets this many per-read timeouts in total.
+DEADLINE_TIMEOUTS = 3.0
 
 FetchResult = tuple[int, io.BytesIO | None, str | None]
 FetchFunction = Callable[..., FetchResult]
@@ -58,6 +64,7 @@ class FetchPolicy:
     schemes: tuple[str, ...] = ("http", "https")
     allow_networks: tuple[str, ...] = ()
     max_response_bytes: int = MAX_RESPONSE_BYTES
+    deadline: float | None = None  # seconds per image, all reads included; None: 3 x timeout
 
     def __post_init__(self) -> None:
         parse_networks(self.allow_networks)  # fail at start-up, not per URL
@@ -69,15 +76,119 @@ class FetchPolicy:
         return cls(
             schemes=tuple(s.lower() for s in urls.schemes),
             allow_networks=tuple(urls.allow_networks),
+            deadline=getattr(cfg.download, "deadline", None),
         )
+
+    def deadline_seconds(self, timeout: float) -> float:
+        """The whole-image time limit for a per-read ``timeout``."""
+        return self.deadline if self.deadline is not None else DEADLINE_TIMEOUTS * timeout
+
+
+# --- the total deadline --------------------------------------------------------------
+#
+# A socket timeout bounds each read, not the response: a host that sends one
+# byte per second never trips it. Every connection an image's fetch opens is
+# registered with one watchdog thread, which shuts the socket down when the
+# image's deadline passes; the blocked read then returns at once, whether it
+# waits for a header line or for the body, in plain HTTP or TLS.
+
+
+class _Watchdog:
+    """One thread that shuts down sockets whose deadline has passed."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, socket.socket, _Deadline]] = []
+        self._counter = 0
+        self._thread: threading.Thread | None = None
+
+    def watch(self, sock: socket.socket, deadline: _Deadline) -> None:
+        with self._cond:
+            self._counter += 1
+            heapq.heappush(self._heap, (deadline.at, self._counter, sock, deadline))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="zhclip-deadline",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                while not self._heap:
+                    self._cond.wait()
+                at, _, sock, deadline = self._heap[0]
+                wait = at - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+                if deadline.active:
+                    deadline.expired = True
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass  # already closed: the fetch finished in time
+
+
+_watchdog = _Watchdog()
+_current = threading.local()
+
+
+class _Deadline:
+    """The time limit of one image's fetch; ``expired`` once the watchdog acted."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+        self.expired = False
+        self.active = True
+
+    def remaining(self) -> float:
+        return self.at - time.monotonic()
+
+    def passed(self) -> bool:
+        return self.expired or self.remaining() <= 0
+
+
+@contextmanager
+def _deadline_scope(seconds: float) -> Iterator[_Deadline]:
+    deadline = _Deadline(seconds)
+    _current.deadline = deadline
+    try:
+        yield deadline
+    finally:
+        deadline.active = False
+        _current.deadline = None
+
+
+def _timeout_within_deadline(timeout):
+    deadline: _Deadline | None = getattr(_current, "deadline", None)
+    if deadline is None:
+        return timeout, None
+    left = max(0.001, deadline.remaining())
+    if timeout is socket._GLOBAL_DEFAULT_TIMEOUT or timeout is None:
+        return left, deadline
+    return min(timeout, left), deadline
+
+
+def resolve(host, port, family=0, type=0, proto=0, flags=0):  # noqa: A002 - socket's names
+    """The resolver of the guarded fetch (``socket.getaddrinfo``); a seam for tests that
+    map a name to a loopback address, and the only name lookup the fetch makes."""
+    return socket.getaddrinfo(host, port, family, type, proto, flags)
 
 
 def guarded_create_connection(policy: FetchPolicy) -> Callable[..., socket.socket]:
-    """A ``socket.create_connection`` replacement that enforces ``policy``."""
+    """A ``socket.create_connection`` replacement that enforces ``policy``.
+
+    Inside an image's deadline (see :func:`make_fetch_function`) the connect
+    timeout is cut to the time left, and the socket is handed to the watchdog.
+    """
 
     def create(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None, **_):
         host, port = address
-        infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+        timeout, deadline = _timeout_within_deadline(timeout)
+        infos = resolve(host, port, 0, socket.SOCK_STREAM)
         blocked: list[str] = []
         last_error: OSError | None = None
         for family, socktype, proto, _canon, sockaddr in infos:
@@ -92,6 +203,8 @@ def guarded_create_connection(policy: FetchPolicy) -> Callable[..., socket.socke
                 if source_address:
                     sock.bind(source_address)
                 sock.connect(sockaddr)
+                if deadline is not None:
+                    _watchdog.watch(sock, deadline)
                 return sock
             except OSError as err:
                 sock.close()
@@ -206,27 +319,102 @@ def robots_tag_disallows(headers, token: str | None, directives: set[str] | None
     return False
 
 
-def read_capped(response, cap: int) -> bytes | None:
-    """The whole body, or None once it is known to exceed ``cap`` bytes.
+class DeadlinePassed(TimeoutError):
+    """The image's total deadline passed while its response was being read."""
 
-    A declared Content-Length is read in one call; a body of unknown length is
-    read in pieces, so a bogus endless response cannot fill memory and a huge
-    read buffer is never allocated up front.
+
+def read_capped(response, cap: int, deadline: _Deadline | None = None) -> io.BytesIO | None:
+    """The whole body as a stream, or None once it is known to exceed ``cap`` bytes.
+
+    The body is always read in pieces and the cap counts the bytes actually
+    read: a Content-Length is only believed when it already says "too big",
+    since a chunked body may carry a small one and then send gigabytes.
+    Between pieces the deadline is checked, so a slow body cannot outlast it.
+    Pieces go straight into one buffer (no list joined at the end), so a body
+    costs its own size once, at most ``cap`` plus one piece per thread.
     """
     declared = response.headers.get("Content-Length")
-    if declared is not None and declared.strip().isdigit():
-        if int(declared) > cap:
-            return None
-        return response.read()
-    parts, size = [], 0
+    if declared is not None and declared.strip().isdigit() and int(declared) > cap:
+        return None
+    body = io.BytesIO()
     while True:
+        if deadline is not None and deadline.passed():
+            raise DeadlinePassed("deadline passed while reading the body")
         chunk = response.read(1 << 16)
         if not chunk:
-            return b"".join(parts)
-        size += len(chunk)
-        if size > cap:
+            body.seek(0)
+            return body
+        if body.tell() + len(chunk) > cap:
             return None
-        parts.append(chunk)
+        body.write(chunk)
+
+
+def _deadline_message(seconds: float) -> str:
+    return tagged(TIMEOUT, f"the image took longer than download.deadline ({seconds:g} s)")
+
+
+def request_url(url: object, schemes: tuple[str, ...]) -> tuple[str | None, str | None]:
+    """(URL to send, None) or (None, tagged reason): the one place a raw URL is parsed.
+
+    The host goes out in its IDNA form (例子.测试 -> xn--fsqu00a.xn--0zwm56d),
+    userinfo is dropped (a crawler sends no credentials, and ``user@`` is a
+    classic way to disguise the real host), and non-ASCII in the path or query
+    is percent-encoded, since HTTP request lines are ASCII.
+    """
+    if not isinstance(url, str) or not url.strip():
+        return None, tagged(INVALID_URL, f"url is {url!r}")
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+        host = parts.hostname
+    except ValueError as err:
+        return None, tagged(INVALID_URL, f"{url!r} does not parse: {err}")
+    scheme = parts.scheme.lower()
+    if scheme not in schemes:
+        return None, tagged(
+            SCHEME_NOT_ALLOWED, f"scheme {scheme!r} is not in filters.urls.schemes {list(schemes)}"
+        )
+    if scheme == "file":
+        return url, None
+    if not host:
+        return None, tagged(INVALID_URL, f"{url!r} has no host")
+    bracketed = "[" in parts.netloc
+    ascii_host = idna_host(f"[{host}]" if bracketed else host)
+    if ascii_host is None:
+        return None, tagged(INVALID_URL, f"host {host!r} of {url!r} has no valid IDNA form")
+    netloc = ascii_host if port is None else f"{ascii_host}:{port}"
+    safe = "/%:@!$&'()*+,;=-._~?"
+    try:
+        path, query = quote(parts.path, safe=safe), quote(parts.query, safe=safe)
+    except UnicodeError as err:  # a lone surrogate has no UTF-8 form
+        return None, tagged(INVALID_URL, f"{url!r} cannot be percent-encoded: {err}")
+    return urlunsplit((scheme, netloc, path or "/", query, "")), None
+
+
+def _fetch(opener, policy: FetchPolicy, url, timeout: float, deadline: _Deadline,
+           token: str | None, directives) -> tuple[io.BytesIO | None, str | None]:
+    target, problem = request_url(url, policy.schemes)
+    if problem is not None:
+        return None, problem
+    try:
+        request = urllib.request.Request(target, headers={"User-Agent": user_agent(token)})
+        with opener.open(request, timeout=timeout) as response:
+            if robots_tag_disallows(response.headers, token, directives):
+                return None, tagged(DISALLOWED_BY_HEADER, "X-Robots-Tag opts this image out of use")
+            data = read_capped(response, policy.max_response_bytes, deadline)
+    except urllib.error.URLError as err:
+        if deadline.expired:
+            return None, _deadline_message(deadline.seconds)
+        reason = err.reason if not isinstance(err, urllib.error.HTTPError) else None
+        return None, str(reason) if isinstance(reason, str | OSError) else str(err)
+    if deadline.expired:
+        # The watchdog cut the connection: whatever was read is not the whole image.
+        return None, _deadline_message(deadline.seconds)
+    if data is None:
+        return None, tagged(
+            RESPONSE_TOO_LARGE, f"response is over {policy.max_response_bytes} bytes"
+        )
+    return data, None
 
 
 def make_fetch_function(policy: FetchPolicy) -> FetchFunction:
@@ -235,33 +423,14 @@ def make_fetch_function(policy: FetchPolicy) -> FetchFunction:
 
     def download_image(row, timeout, user_agent_token, disallowed_header_directives) -> FetchResult:
         key, url = row
-        if not isinstance(url, str) or not url.strip():
-            return key, None, tagged(INVALID_URL, f"url is {url!r}")
-        scheme = urlsplit(url).scheme.lower()
-        if scheme not in policy.schemes:
-            return key, None, tagged(
-                SCHEME_NOT_ALLOWED,
-                f"scheme {scheme!r} is not in filters.urls.schemes {list(policy.schemes)}",
-            )
+        seconds = policy.deadline_seconds(timeout)
         try:
-            request = urllib.request.Request(url, headers={"User-Agent": user_agent(user_agent_token)})
-            with opener.open(request, timeout=timeout) as response:
-                if robots_tag_disallows(
-                    response.headers, user_agent_token, disallowed_header_directives
-                ):
-                    return key, None, tagged(
-                        DISALLOWED_BY_HEADER, "X-Robots-Tag opts this image out of use"
-                    )
-                data = read_capped(response, policy.max_response_bytes)
-            if data is None:
-                return key, None, tagged(
-                    RESPONSE_TOO_LARGE, f"response is over {policy.max_response_bytes} bytes"
-                )
-            return key, io.BytesIO(data), None
-        except urllib.error.URLError as err:
-            reason = err.reason if not isinstance(err, urllib.error.HTTPError) else None
-            return key, None, str(reason) if isinstance(reason, str | OSError) else str(err)
+            with _deadline_scope(seconds) as deadline:
+                return key, *_fetch(opener, policy, url, timeout, deadline, user_agent_token,
+                                    disallowed_header_directives)
         except Exception as err:  # noqa: BLE001 - every failure becomes a recorded reason
+            if deadline.expired or isinstance(err, DeadlinePassed):
+                return key, None, _deadline_message(seconds)
             return key, None, f"{type(err).__name__}: {err}"
 
     return download_image

@@ -20,6 +20,7 @@ import threading
 import time
 
 import fsspec
+from zhclip.pipeline.core import stage_marker
 from zhclip.pipeline.core.cliargs import add_common_arguments, apply_common_arguments
 from zhclip.pipeline.core.config import (
     ConfigError,
@@ -60,14 +61,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def list_url_shards(output: str) -> list[str]:
-    """The stage-1 URL shards under OUT/metadata, sorted by name."""
-    fs, root = fsspec.core.url_to_fs(f"{output.rstrip('/')}/{METADATA_DIR}")
+    """The committed stage-1 URL shards under OUT/metadata, sorted by name.
+
+    Only the shards stage 1's completion marker names (pipeline.core.stage_marker):
+    a killed stage 1's partial or ``.tmp-*`` files are never downloaded. A
+    folder made by hand, with no trace of a stage-1 run, is read as it is.
+    """
+    folder = f"{output.rstrip('/')}/{METADATA_DIR}"
+    fs, root = fsspec.core.url_to_fs(folder)
     if not fs.isdir(root):
         raise FileNotFoundError(
             f"{output}/{METADATA_DIR} does not exist: run `zhclip metadata` first "
             "(stage 2 reads the URL shards stage 1 writes)"
         )
-    paths = sorted(fs.glob(f"{root}/*.parquet"))
+    try:
+        committed = stage_marker.committed_shards(folder)
+    except stage_marker.UncommittedShards as err:
+        raise ConfigError(str(err)) from None
+    if committed is not None:
+        return committed.paths
+    log.warning("%s has no %s: reading its shards as they are", folder, stage_marker.MARKER_NAME)
+    paths = sorted(p for p in fs.glob(f"{root}/*.parquet")
+                   if not p.rsplit("/", 1)[-1].startswith("."))
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if protocol not in ("file", "local"):
         paths = [f"{protocol}://{p}" for p in paths]

@@ -36,7 +36,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from tqdm import tqdm
 from zhclip.filters.dedup import dedup_by_url, partition_table, with_dedup_hash
 from zhclip.filters.rules import RuleSet, apply_rules
-from zhclip.pipeline.core import paths
+from zhclip.pipeline.core import paths, stage_marker
 from zhclip.pipeline.core import report as R
 from zhclip.pipeline.core import schema as S
 from zhclip.pipeline.core.cliargs import add_common_arguments, apply_common_arguments
@@ -384,6 +384,17 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, files: list[tuple[str, str]]) 
     )
 
 
+def commit_url_shards(folder: str) -> None:
+    """Write stage 1's completion marker, last: every URL shard in place, with its rows."""
+    import pyarrow.parquet as pq
+
+    rows = {}
+    for shard in stage_marker.shard_files_in(folder):
+        with paths.open_input(shard) as f:
+            rows[shard.rsplit("/", 1)[-1]] = pq.read_metadata(f).num_rows
+    stage_marker.mark_committed(folder, rows)
+
+
 def pipeline_options(beam_args: list[str]) -> PipelineOptions:
     return PipelineOptions(beam_args)
 
@@ -393,11 +404,14 @@ def run_metadata(cfg: Config, beam_args: list[str] | None = None) -> dict[str, A
     files = plan_inputs(cfg)
     RuleSet.from_config(cfg.filters)  # bad networks etc. fail before the pipeline
     paths.makedirs(cfg.output)
+    shard_folder = paths.join(cfg.output, METADATA_DIR)
+    stage_marker.mark_started(shard_folder)  # before any old shard is touched
     clear_outputs(cfg.output)
     started = time.time()
     with beam.Pipeline(options=pipeline_options(beam_args or [])) as p:
         build_pipeline(p, cfg, files)
     remove_spill(cfg.output, "metadata")
+    commit_url_shards(shard_folder)
     report_path = paths.join(cfg.output, REPORT_DIR, "metadata.json")
     if not paths.exists(report_path):
         # No rows at all reached the counts (empty inputs): still write a report.

@@ -143,8 +143,8 @@ def test_text_and_empty_bodies():
     assert classify_error(check_image_bytes(b"", 1e9)) == EMPTY_BODY
     assert classify_error(check_image_bytes(b"  <!DOCTYPE html><html>", 1e9)) == NOT_AN_IMAGE
     assert classify_error(check_image_bytes(b'{"error": "gone"}', 1e9)) == NOT_AN_IMAGE
-    # unknown binary is left to the decoder
-    assert check_image_bytes(bytes(range(256)), 1e9) is None
+    # unknown binary: its pixel size cannot be read, so it is never decoded
+    assert classify_error(check_image_bytes(bytes(range(256)), 1e9)) == INVALID_IMAGE
 
 
 def test_png_missing_iend_is_truncated():
