@@ -93,7 +93,7 @@ def main(out: Path) -> None:
     print(json.dumps({
         "rows": len(rows),
         "total": report["total"],
-        "accounting_ok": report["accounting"]["ok"],
+        "accounting_ok": report["total"]["balanced"],
         "classes": classes,
         "rejected_keys": sorted(rejects[S.KEY].to_pylist()),
         "expected": {f"hostile:{k}": f.expected_class for k, f in HOSTILE.items()}

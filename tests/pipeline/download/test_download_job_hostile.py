@@ -55,7 +55,7 @@ def cfg_for(out: Path, allow=("127.0.0.0/8",)):
 
 
 def all_rows_accounted(out: Path, keys: list[str], report: dict) -> None:
-    assert report["accounting"]["ok"], report["accounting"]
+    assert report["total"]["balanced"], report["total"]
     assert report["total"]["rows_in"] == len(keys)
     table = pq.read_table(out / "downloads" / "00000.parquet")
     ok = {k for k, s in zip(table[S.KEY].to_pylist(), table[STATUS].to_pylist(), strict=True)
@@ -150,7 +150,7 @@ def test_stage1_commits_its_shards_and_stage2_reads_only_those(tmp_path, server)
     write_url_shard(Path(cfg.output), "99999-0000", ["http://10.0.0.1/stale.jpg"])
     assert [Path(p).name for p in list_url_shards(cfg.output)] == sorted(committed.rows)
     report = run_download(cfg, [], progress=False, isolate=False)
-    assert report["total"]["rows_in"] == 3 and report["total"]["success"] == 3
+    assert report["total"]["rows_in"] == 3 and report["total"]["kept"] == 3
 
 
 def test_stage2_refuses_the_shards_of_a_stage1_run_that_did_not_finish(tmp_path, server):
