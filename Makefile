@@ -4,14 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo test install lint bench clean constraints
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip setuptools wheel
 
-$(STAMP): $(BIN)/python setup.py
-	$(BIN)/pip install -e ".[dev]"
+$(STAMP): $(BIN)/python setup.py constraints.txt
+	$(BIN)/pip install -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -25,6 +25,10 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+# Pin what the tests ran on: upgrade the env, run `make test`, then `make constraints`.
+constraints: $(STAMP)
+	$(BIN)/pip freeze --exclude-editable | grep -iv '^zhclip[= @]' > constraints.txt
 
 clean:
 	rm -rf runs build dist *.egg-info

@@ -25,10 +25,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("zhclip.pipeline.demo.run", "the whole pipeline on a generated sample, on loopback"),
     "shards": ("zhclip.pipeline.inspect.cli", "inspect shard folders (ls, stats, head, verify, ...)"),
     "train": ("zhclip.training.cli", "two-stage Chinese CLIP pretraining on OUT/dataset"),
+    "export": ("zhclip.training.export_cli", "convert a zhclip export to Chinese-CLIP or transformers"),
 }
 
-# Commands whose parser does not take --config/--set (they read shard folders).
-NO_CONFIG = {"shards"}
+# The pip extra each command needs beyond the base install (stages 1 and 2 need none).
+COMMAND_EXTRAS: dict[str, str] = {
+    "score": "score",
+    "run": "score",
+    "demo": "dev",
+    "train": "train",
+    "export": "train",
+}
+
+# Commands whose parser does not take --config/--set (they read shard folders or an export).
+NO_CONFIG = {"shards", "export"}
 
 
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
@@ -73,6 +83,14 @@ class _DropBeamImportNoise(logging.Filter):
         return "apitools not found" not in record.getMessage()
 
 
+def missing_extra_message(command: str, err: ImportError) -> str:
+    """Say which install fixes a command whose dependencies are absent."""
+    extra = COMMAND_EXTRAS.get(command)
+    fix = f"; install it with: pip install 'zhclip[{extra}]'" if extra else ""
+    missing = getattr(err, "name", None) or err
+    return f"zhclip {command}: needs {missing}, which this install lacks{fix}"
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.getLogger().addFilter(_DropBeamImportNoise())
     argv = sys.argv[1:] if argv is None else argv
@@ -82,10 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module = importlib.import_module(args._module)
     except ImportError as err:
-        print(f"zhclip {args.command}: not available in this install ({err})", file=sys.stderr)
+        print(missing_extra_message(args.command, err), file=sys.stderr)
         return 2
     try:
         return int(module.main(args, beam_args) or 0)
+    except ModuleNotFoundError as err:
+        # e.g. the scorer imports torch only once it is built: same advice.
+        print(missing_extra_message(args.command, err), file=sys.stderr)
+        return 2
     except (ConfigError, UsageError, FileNotFoundError) as err:
         print(f"zhclip {args.command}: error: {err}", file=sys.stderr)
         return 2
