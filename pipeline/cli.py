@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 
 from zhclip.pipeline.core.errors import ConfigError, UsageError
@@ -87,7 +88,9 @@ def missing_extra_message(command: str, err: ImportError) -> str:
     """Say which install fixes a command whose dependencies are absent."""
     extra = COMMAND_EXTRAS.get(command)
     fix = f"; install it with: pip install 'zhclip[{extra}]'" if extra else ""
-    missing = getattr(err, "name", None) or err
+    # Beam re-raises a worker's error as a new one of the same type: no .name, a longer text.
+    found = re.search(r"No module named '([^']+)'", str(err))
+    missing = getattr(err, "name", None) or (found.group(1) if found else err)
     return f"zhclip {command}: needs {missing}, which this install lacks{fix}"
 
 

@@ -66,4 +66,6 @@ def test_an_import_error_inside_a_running_command_gets_the_same_advice():
     msg = missing_extra_message("score", ModuleNotFoundError("No module named 'torch'", name="torch"))
     assert msg == ("zhclip score: needs torch, which this install lacks; "
                    "install it with: pip install 'zhclip[score]'")
+    beam = ModuleNotFoundError("No module named 'torch' [while running 'ScoreShard/ParDo(ScoreShard)']")
+    assert missing_extra_message("score", beam) == msg
     assert "pip install" not in missing_extra_message("metadata", ModuleNotFoundError(name="x"))
