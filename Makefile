@@ -26,8 +26,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# Pin what the tests ran on: upgrade the env, run `make test`, then `make constraints`.
-constraints: $(STAMP)
+# Upgrade to the newest versions setup.py allows and pin them; then `make test`
+# and commit constraints.txt if it passes.
+constraints: $(BIN)/python
+	$(BIN)/pip install -U -e ".[dev]"
 	$(BIN)/pip freeze --exclude-editable | grep -iv '^zhclip[= @]' > constraints.txt
 
 clean:
