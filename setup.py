@@ -7,6 +7,8 @@ and ``package_data`` both name them).
 
 from setuptools import find_packages, setup
 
+# The base install runs stages 1 and 2 (and `zhclip shards`): no torch,
+# transformers or open_clip, so Dataflow workers for those stages stay light.
 INSTALL_REQUIRES = [
     "apache-beam==2.77.0",
     "img2dataset==1.47.0",
@@ -26,15 +28,22 @@ INSTALL_REQUIRES = [
     "pillow>=10",
     "imagehash>=4.3",
     "matplotlib>=3.8",
-    # multilingual-clip 1.0.10 calls from_pretrained in __init__, which breaks
-    # under transformers 5; pin the last 4.x line and load M-CLIP ourselves.
-    "transformers==4.57.6",
-    "sentencepiece>=0.2",
-    "sacremoses",
-    "multilingual-clip==1.0.10",
-    "open_clip_torch==3.3.0",
-    "torch==2.14.1",
-    "torchvision==0.29.1",
+]
+
+# multilingual-clip 1.0.10 calls from_pretrained in __init__, which breaks
+# under transformers 5; pin the last 4.x line and load M-CLIP ourselves.
+TORCH_STACK = ["torch==2.14.1", "torchvision==0.29.1", "transformers==4.57.6"]
+# Stage 1's `marian` translation backend (the `lookup` one needs nothing).
+TRANSLATE = TORCH_STACK + ["sentencepiece>=0.2", "sacremoses"]
+# Stage 3 scorers: M-CLIP, open_clip, a zhclip export.
+SCORE = TRANSLATE + ["multilingual-clip==1.0.10", "open_clip_torch==3.3.0"]
+TRAIN = TORCH_STACK + ["open_clip_torch==3.3.0", "tensorboard"]
+DEV = [
+    "pytest>=8",
+    "pytest-timeout",
+    "hypothesis>=6",
+    "ruff>=0.6",
+    "import-linter==2.16",
 ]
 
 TOP_FOLDERS = ("pipeline", "training", "filters", "blacklist")
@@ -62,11 +71,12 @@ setup(
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "train": ["tensorboard"],
+        "translate": TRANSLATE,
+        "score": SCORE,
+        "train": TRAIN,
         "dataflow": ["apache-beam[gcp]==2.77.0"],
-        "dev": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "ruff>=0.6", "import-linter==2.16",
-                "cn-clip==1.6.0",
-                ],
+        # everything: every stage, training and the test tools
+        "dev": sorted(set(SCORE + TRAIN)) + DEV,
     },
     entry_points={"console_scripts": ["zhclip=zhclip.pipeline.cli:main"]},
 )

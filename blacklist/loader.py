@@ -5,9 +5,13 @@ touching Python, and a user can add files of their own. Each line of a list is
 one entry whose match kind is chosen by its prefix:
 
 * a plain line is a substring, ASCII letters matched case-insensitively;
-* ``re:<pattern>`` is a regular expression that must compile both in Python's
-  ``re`` and in RE2 (the engine behind ``pyarrow.compute``), because the
-  matcher scans whole columns with RE2 and locates the hit with ``re``;
+* ``re(<name>):<pattern>`` is a regular expression that must compile both in
+  Python's ``re`` and in RE2 (the engine behind ``pyarrow.compute``), because
+  the matcher scans whole columns with RE2 and locates the hit with ``re``.
+  ``<name>`` (lower-case letters, digits, ``_``; unique in its list) is what
+  the reject reason says, ``blacklist:contact:mobile_number`` rather than the
+  pattern. Every shipped regex has one; ``re:<pattern>`` without a name is
+  still read (user lists), and then the reason carries the pattern;
 * ``word:<term>`` hits only when ``<term>`` is a whole jieba token, so a short
   term does not fire inside a longer innocent word.
 
@@ -34,6 +38,8 @@ MatchKind = Literal["substring", "regex", "word"]
 
 BUILTIN = "builtin"
 REGEX_PREFIX = "re:"
+NAMED_REGEX = re.compile(r"re\(([a-z0-9_]+)\):(.*)\Z", re.DOTALL)
+NAMED_REGEX_START = "re("
 WORD_PREFIX = "word:"
 LIST_SUFFIX = ".txt"
 
@@ -54,6 +60,12 @@ class BlacklistEntry:
     list_name: str
     kind: MatchKind
     term: str
+    name: str | None = None  # a regex's short name, said by its reject reason
+
+    @property
+    def label(self) -> str:
+        """What the reject reason names: the regex's name, else the term itself."""
+        return self.name or self.term
 
 
 def available_lists() -> list[str]:
@@ -115,15 +127,32 @@ def parse_list(text: str, list_name: str, source: str) -> list[BlacklistEntry]:
     """Entries of one list file's ``text``; ``source`` names it in errors."""
     if not list_name or ":" in list_name:
         raise ValueError(f"blacklist file {source}: list name {list_name!r} must be non-empty and free of ':'")
-    return [
-        parse_line(line, list_name, source, number)
-        for number, line in _content_lines(text.splitlines())
-    ]
+    entries = []
+    named: dict[str, int] = {}
+    for number, line in _content_lines(text.splitlines()):
+        entry = parse_line(line, list_name, source, number)
+        if entry.name is not None:
+            if entry.name in named:
+                raise ValueError(f"blacklist file {source}, line {number}: regex name "
+                                 f"{entry.name!r} is already used on line {named[entry.name]}")
+            named[entry.name] = number
+        entries.append(entry)
+    return entries
 
 
 def parse_line(line: str, list_name: str, source: str, number: int) -> BlacklistEntry:
     """One entry from a stripped, non-comment line; ValueError names the line."""
     where = f"blacklist file {source}, line {number}"
+    if line.startswith(NAMED_REGEX_START):
+        found = NAMED_REGEX.match(line)
+        if found is None:
+            raise ValueError(f"{where}: a named regex reads re(<name>):<pattern>, the name in "
+                             "lower-case letters, digits and _")
+        name, pattern = found.group(1), found.group(2).strip()
+        if not pattern:
+            raise ValueError(f"{where}: empty pattern after re({name}):")
+        check_regex(pattern, where)
+        return BlacklistEntry(list_name, "regex", pattern, name)
     if line.startswith(REGEX_PREFIX):
         pattern = line[len(REGEX_PREFIX):].strip()
         if not pattern:

@@ -16,8 +16,8 @@ captions holding a ``word:`` term reach Python:
    decides) makes the occurrence one whole token. jieba runs only on rows
    where such an occurrence would beat every other hit of the row.
 
-The reason is ``blacklist:<list>:<term>`` of the hit starting earliest in the
-caption; hits starting at the same offset go to the entry listed first.
+The reason is ``blacklist:<list>:<term>`` (for a regex, ``<term>`` is the
+entry's short name) of the hit starting earliest in the caption; hits starting at the same offset go to the entry listed first.
 
 RE2 is the only regex engine here (Python's ``re`` only validates patterns at
 load time), so ``match_one`` and ``match_array`` agree by construction:
@@ -88,7 +88,7 @@ class BlacklistMatcher:
     def _setup(self, entries: tuple[BlacklistEntry, ...]) -> None:
         self._entries = entries
         self._reasons = pa.array(
-            [blacklist_reason(e.list_name, e.term) for e in entries], type=pa.string()
+            [blacklist_reason(e.list_name, e.label) for e in entries], type=pa.string()
         )
         # Literal terms, folded as polars folds them. A term shared by several
         # entries keeps its first substring entry and, when listed before
@@ -159,6 +159,37 @@ class BlacklistMatcher:
         best = self._best_per_row(texts, hits, len(candidates))
         found = best != _NO_ENTRY
         return _scatter(self._reasons.take(pa.array(best[found])), candidates[found], n)
+
+    def matched_texts(self, captions: pa.Array | pa.ChunkedArray,
+                      reasons: pa.Array | pa.ChunkedArray) -> pa.Array:
+        """The text that ``reasons[i]``'s entry matched in ``captions[i]``.
+
+        Only rejected rows are searched again, one RE2 pass per entry that won
+        somewhere, so a reader of the rejects sees *what* hit, not only which
+        rule. Null where the reason is null or not one of this matcher's.
+        """
+        array = _as_string_array(captions)
+        if isinstance(reasons, pa.ChunkedArray):
+            reasons = reasons.combine_chunks()
+        n = len(array)
+        entry_of = {}
+        for entry_id, reason in enumerate(self._reasons.to_pylist()):
+            entry_of.setdefault(reason, entry_id)
+        ids = np.array([entry_of.get(r, _NO_ENTRY) if r is not None else _NO_ENTRY
+                        for r in reasons.to_pylist()], dtype=np.int64)
+        rows_out, texts_out = [], []
+        for entry_id in np.unique(ids[ids != _NO_ENTRY]):
+            rows = np.flatnonzero(ids == entry_id)
+            entry = self._entries[int(entry_id)]
+            # a literal-only regex is matched as literals, so it has no kept body
+            body = (without_captures(entry.term) if entry.kind == "regex"
+                    else _re2_literal(entry.term))
+            found = pc.extract_regex(array.take(pa.array(rows)), pattern=f"(?i)(?P<m>{body})")
+            rows_out.append(rows)
+            texts_out.append(found.field("m").cast(pa.string()))
+        if not rows_out:
+            return pa.nulls(n, type=pa.string())
+        return _scatter(pa.concat_arrays(texts_out), np.concatenate(rows_out), n)
 
     # ------------------------------------------------------ candidate rows
 

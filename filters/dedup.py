@@ -108,6 +108,7 @@ def dedup_by_url(
             losers.column(S.CAPTION),
             pa.array([RS.REASON_DUPLICATE_URL] * losers.num_rows, pa.string()),
             pa.array(["metadata"] * losers.num_rows, pa.string()),
+            pa.nulls(losers.num_rows, pa.string()),
         ],
         schema=S.REJECT_SCHEMA,
     )

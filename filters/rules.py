@@ -68,8 +68,10 @@ class RuleSet:
         return state
 
 
-def _split(table: pa.Table, reasons: pa.Array) -> tuple[pa.Table, pa.Table]:
-    """(rows whose reason is null, reject rows for the others).
+def _split(table: pa.Table, reasons: pa.Array, matched: pa.Array | None = None
+           ) -> tuple[pa.Table, pa.Table]:
+    """(rows whose reason is null, reject rows for the others); ``matched`` is
+    the text that hit, row for row with ``reasons`` (blacklist only).
 
     Rejects are built from the four columns they keep, filtered before the
     wide table is, which keeps this off the hot path's profile.
@@ -87,6 +89,7 @@ def _split(table: pa.Table, reasons: pa.Array) -> tuple[pa.Table, pa.Table]:
             pc.utf8_slice_codeunits(narrow.column(S.CAPTION), 0, 2000),
             reasons.filter(hit),
             pa.array(["metadata"] * n, pa.string()),
+            matched.filter(hit) if matched is not None else pa.nulls(n, pa.string()),
         ],
         schema=S.REJECT_SCHEMA,
     )
@@ -119,6 +122,9 @@ def apply_rules(table: pa.Table, rules: RuleSet) -> tuple[pa.Table, pa.Table]:
         # Match on an NFKC copy so full-width ＱＱ / １３８... spellings hit the
         # ASCII terms; the stored caption keeps its full-width punctuation.
         folded = pc.utf8_normalize(table.column(S.CAPTION), "NFKC")
-        table, rej = _split(table, rules.matcher.match_array(folded))
+        reasons = rules.matcher.match_array(folded)
+        # the hit as matched, in the NFKC-folded text the matcher saw
+        matched = rules.matcher.matched_texts(folded, reasons) if reasons.null_count < len(reasons) else None
+        table, rej = _split(table, reasons, matched)
         rejects.append(rej)
     return table, pa.concat_tables(rejects)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 
 from zhclip.pipeline.core.errors import ConfigError, UsageError
@@ -26,10 +27,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "shards": ("zhclip.pipeline.inspect.cli", "inspect shard folders (ls, stats, head, verify, ...)"),
     "train": ("zhclip.training.cli", "two-stage Chinese CLIP pretraining on OUT/dataset"),
     "eval": ("zhclip.training.eval_cli", "recall on a retrieval benchmark, or zero-shot classification"),
+    "export": ("zhclip.training.export_cli", "convert a zhclip export to Chinese-CLIP or transformers"),
 }
 
-# Commands whose parser does not take --config/--set (they read shard folders).
-NO_CONFIG = {"shards", "eval"}
+# The pip extra each command needs beyond the base install (stages 1 and 2 need none).
+COMMAND_EXTRAS: dict[str, str] = {
+    "score": "score",
+    "run": "score",
+    "demo": "dev",
+    "train": "train",
+    "export": "train",
+    "eval": "train",
+}
+
+# Commands whose parser does not take --config/--set (they read shard folders or an export).
+NO_CONFIG = {"shards", "export", "eval"}
 
 
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
@@ -74,6 +86,16 @@ class _DropBeamImportNoise(logging.Filter):
         return "apitools not found" not in record.getMessage()
 
 
+def missing_extra_message(command: str, err: ImportError) -> str:
+    """Say which install fixes a command whose dependencies are absent."""
+    extra = COMMAND_EXTRAS.get(command)
+    fix = f"; install it with: pip install 'zhclip[{extra}]'" if extra else ""
+    # Beam re-raises a worker's error as a new one of the same type: no .name, a longer text.
+    found = re.search(r"No module named '([^']+)'", str(err))
+    missing = getattr(err, "name", None) or (found.group(1) if found else err)
+    return f"zhclip {command}: needs {missing}, which this install lacks{fix}"
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.getLogger().addFilter(_DropBeamImportNoise())
     argv = sys.argv[1:] if argv is None else argv
@@ -83,10 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module = importlib.import_module(args._module)
     except ImportError as err:
-        print(f"zhclip {args.command}: not available in this install ({err})", file=sys.stderr)
+        print(missing_extra_message(args.command, err), file=sys.stderr)
         return 2
     try:
         return int(module.main(args, beam_args) or 0)
+    except ModuleNotFoundError as err:
+        # e.g. the scorer imports torch only once it is built: same advice.
+        print(missing_extra_message(args.command, err), file=sys.stderr)
+        return 2
     except (ConfigError, UsageError, FileNotFoundError) as err:
         print(f"zhclip {args.command}: error: {err}", file=sys.stderr)
         return 2

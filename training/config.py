@@ -90,7 +90,9 @@ class TrainConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     stage1: StageConfig = Field(default_factory=lambda: StageConfig(steps=1000))
     stage2: StageConfig = Field(default_factory=lambda: StageConfig(steps=1000))
-    init_from: str | None = None  # checkpoint or export to start from (e.g. 224 -> 336)
+    # weights to start from: a zhclip export/checkpoint (e.g. 224 -> 336), a Chinese-CLIP
+    # checkpoint or a transformers ChineseCLIPModel folder (training.convert reads all three)
+    init_from: str | None = None
     output: str | None = None  # default OUT/train
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: str = "auto"

@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 from zhclip.training import checkpoint as ckpt
 from zhclip.training.config import StageConfig, TrainConfig, fill_stage_defaults
+from zhclip.training.convert import read_init_weights
 from zhclip.training.data import (
     DataPosition,
     StreamSpec,
@@ -35,7 +36,7 @@ from zhclip.training.data import (
     train_transform,
 )
 from zhclip.training.evaluate import evaluate
-from zhclip.training.export import export_model, read_weights_file
+from zhclip.training.export import export_model
 from zhclip.training.loss import ContrastiveLoss
 from zhclip.training.metrics_log import MetricsLog
 from zhclip.training.model import ChineseCLIP, build_model, load_weights, resolve_towers
@@ -110,7 +111,7 @@ class Trainer:
             self.state = TrainState(**self.resume_state["train_state"])
             log.info("resuming from %s (step %d, stage %d)", resume, self.state.step, self.state.stage)
         elif cfg.init_from:
-            load_weights(self.model, read_weights_file(cfg.init_from)["state_dict"])
+            load_weights(self.model, read_init_weights(cfg.init_from))
         self.model.to(runtime.device)
         if cfg.grad_checkpointing:
             self.model.set_grad_checkpointing(True)

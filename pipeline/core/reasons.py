@@ -96,9 +96,9 @@ def tagged(cls: str, detail: str) -> str:
 
 
 def reject_table(
-    keys, sources, urls, captions, reasons, stage: str
+    keys, sources, urls, captions, reasons, stage: str, matched=None
 ) -> pa.Table:
-    """Build a reject table from parallel lists or arrays."""
+    """Build a reject table from parallel lists or arrays (``matched``: null unless given)."""
     n = len(reasons)
     return pa.Table.from_arrays(
         [
@@ -108,6 +108,7 @@ def reject_table(
             pa.array(captions, pa.string()),
             pa.array(reasons, pa.string()),
             pa.array([stage] * n, pa.string()),
+            pa.array(matched if matched is not None else [None] * n, pa.string()),
         ],
         schema=REJECT_SCHEMA,
     )

@@ -55,6 +55,7 @@ METADATA_COLUMNS = METADATA_SCHEMA.names
 # --- rejects (every stage) --------------------------------------------------
 REASON = "reason"
 STAGE = "stage"
+MATCHED = "matched"  # the caption text a blacklist entry matched (null for other reasons)
 
 REJECT_SCHEMA = pa.schema(
     [
@@ -64,6 +65,7 @@ REJECT_SCHEMA = pa.schema(
         pa.field(CAPTION, pa.string()),
         pa.field(REASON, pa.string(), nullable=False),
         pa.field(STAGE, pa.string()),
+        pa.field(MATCHED, pa.string()),
     ]
 )
 REJECT_COLUMNS = REJECT_SCHEMA.names

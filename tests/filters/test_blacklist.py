@@ -538,4 +538,4 @@ def _reference(entries: tuple[BlacklistEntry, ...], caption: str | None) -> str 
     if best is None:
         return None
     entry = entries[best[1]]
-    return blacklist_reason(entry.list_name, entry.term)
+    return blacklist_reason(entry.list_name, entry.label)

@@ -217,6 +217,24 @@ def test_nan_loss_stops_or_skips_with_a_clear_message(world, tmp_path):
                    max_skipped_steps=2), _rt())
 
 
+@pytest.mark.parametrize("fmt", ["cn_clip", "hf"])
+def test_init_from_takes_cn_clip_and_hf_models(world, tmp_path, fmt):
+    """train.init_from reads what `zhclip export` writes: a NaN planted in the source
+    model's text projection reaches the trainer's first step, so those weights loaded."""
+    from zhclip.training.convert import export_to
+    from zhclip.training.export import read_weights_file
+
+    image = {**world["vit"], "quick_gelu": True}  # cn_clip holds QuickGELU ViTs only
+    torch.manual_seed(0)
+    model = build_model(_cfg(world, tmp_path / "src", image=image))
+    with torch.no_grad():
+        model.text.proj.weight[0, 0] = float("nan")
+    export = export_model(model, load_tokenizer(str(world["bert"]), 16), tmp_path / "bad.pt")
+    converted = export_to(fmt, read_weights_file(export), tmp_path / fmt)
+    with pytest.raises(TrainingError, match=r"non-finite loss at step 1 \(stage 1"):
+        train(_cfg(world, tmp_path / "run", image=image, init_from=str(converted)), _rt())
+
+
 def _write_config(world, path: Path, out: Path, **over) -> Path:
     section = tiny_train_section(world["root"], world["vit"], world["bert"], **over)
     del section["output"]  # default: OUT/train

@@ -197,3 +197,20 @@ def test_blacklist_matches_full_width_spellings():
     kept, rejects = apply_rules(table, RuleSet())
     assert kept.column(S.CAPTION).to_pylist() == ["窗外的雪景，很美。"]  # punctuation untouched
     assert rejects.column(S.REASON)[0].as_py().startswith("blacklist:contact:")
+
+
+def test_rejects_parquet_says_which_rule_and_what_text(demo_run):
+    """Blacklist reasons name a rule, never a raw pattern, and the matched text travels."""
+    import unicodedata
+
+    out, _ = demo_run
+    rejects = _read_dir(out / "rejects")
+    assert rejects.schema.field(S.MATCHED).type == pa.string()
+    rows = rejects.to_pylist()
+    hits = [r for r in rows if r[S.REASON].startswith("blacklist:")]
+    assert hits
+    for r in hits:
+        name = r[S.REASON].split(":", 2)[2]
+        assert not any(ch in name for ch in "\\()[]?*+|{}"), r[S.REASON]
+        assert r[S.MATCHED] and r[S.MATCHED].lower() in unicodedata.normalize("NFKC", r[S.CAPTION]).lower()
+    assert all(r[S.MATCHED] is None for r in rows if not r[S.REASON].startswith("blacklist:"))

@@ -276,6 +276,7 @@ def test_translate_column_keeps_english_and_sends_distinct_sentences():
             CAPTION: "a horse.",
             REASON: REASON_UNTRANSLATED,
             STAGE: "metadata",
+            "matched": None,  # only blacklist hits carry matched text
         }
     ]
 
