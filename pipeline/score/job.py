@@ -11,7 +11,8 @@ same scores, hence the same shards, byte for byte. Every sample of the final
 shards gets a global position (a hash of its key), so shard contents do not
 depend on worker count or timing either.
 
-Outputs: OUT/dataset/{split}-{index:06d}.tar + .parquet, OUT/dataset/manifest.json,
+Outputs: OUT/dataset/{split}/{split}-{index:06d}.tar + .parquet + sizes.json,
+OUT/dataset/manifest.json + README.md (Hugging Face dataset card),
 OUT/rejects/score-*.parquet (REJECT_SCHEMA, stage "score"), OUT/report/score.json.
 """
 
@@ -255,10 +256,7 @@ def finalize(_: Any, out: str, cfg_dict: dict[str, Any], shard_infos: list[dict[
              extra: dict[str, Any]) -> dict[str, Any]:
     """Write manifest.json, remove an earlier run's leftovers, write report/score.json."""
     dataset = paths.join(out, SH.DATASET_DIR)
-    manifest = SH.build_manifest(shard_infos, cfg_dict)
-    keep = {name for s in manifest["shards"] for name in s["files"]}
-    stale = SH.remove_stale_shards(dataset, keep)
-    SH.write_manifest(dataset, manifest)
+    manifest, stale = SH.finish_dataset(dataset, shard_infos, cfg_dict)
     for uri in paths.list_files(paths.join(out, REJECTS_DIR), ".parquet"):
         name = uri.rpartition("/")[2]
         if name.startswith(REJECT_FILE_PREFIX) and name not in reject_files:
