@@ -422,6 +422,10 @@ def run_score(cfg: Config, beam_args: list[str] | None = None,
     if not shards:
         raise FileNotFoundError(f"no download shards (*.tar / *.parquet) in {folder}; "
                                 "run `zhclip download` first or pass --downloads")
+    absent = SH.check_download_columns(shards, folder)
+    if absent:
+        log.warning("%s lacks column(s) %s: %s", folder, ", ".join(absent),
+                    "keys stay img2dataset's own" if S.ZHCLIP_KEY in absent else "left null")
     if cfg.score.decontaminate is not None and not cfg.score.decontaminate:
         raise ConfigError("score.decontaminate: empty folder name")
     eval_hashes = eval_image_hashes(cfg.score.decontaminate)

@@ -631,6 +631,40 @@ def list_download_shards(folder: str) -> list[DownloadShard]:
     return [DownloadShard(n, f.get("tar"), f.get("parquet")) for n, f in sorted(found.items())]
 
 
+def check_download_columns(shards: Sequence[DownloadShard], folder: str,
+                           limit: int = 16) -> list[str]:
+    """Stop before scoring a download folder that lacks the columns the rules need.
+
+    A folder written by plain img2dataset holds only the columns its
+    ``--save_additional_columns`` named. Without ``source`` every row would be
+    scored as source "unknown" (no 0.26 rule for LAION, COCO/VG dropped as
+    duplicate images), so that raises UsageError naming the missing columns and
+    the command that writes them. Returns the recommended columns that are
+    absent (``zhclip_key``: keys stay img2dataset's own), for a warning.
+    Reads the parquet footers of the first ``limit`` shards only.
+    """
+    from zhclip.pipeline.core.errors import UsageError
+
+    missing_rec: set[str] = set()
+    for shard in [s for s in shards if s.parquet is not None][:limit]:
+        fs, path = paths.filesystem_for(shard.parquet)
+        try:
+            names = set(pq.read_schema(path, filesystem=fs).names)
+        except Exception:  # unreadable footer: read_download_shard reports it per shard
+            continue
+        missing = [c for c in S.I2D_REQUIRED_COLUMNS if c not in names]
+        if missing:
+            cols = json.dumps(list(S.I2D_RECOMMENDED_COLUMNS))
+            raise UsageError(
+                f"{folder}: {shard.name}.parquet has no column {', '.join(missing)}, which "
+                f"`zhclip score` needs to apply the per-source rules (it has: "
+                f"{', '.join(sorted(names))}). Download the URL shards with `zhclip download`, or "
+                f"with img2dataset ... --save_additional_columns '{cols}'")
+        if S.ERROR_CLASS not in names:  # plain img2dataset (stage 2 writes its own keys)
+            missing_rec |= {c for c in S.I2D_RECOMMENDED_COLUMNS if c not in names}
+    return sorted(missing_rec)
+
+
 @dataclass
 class DownloadedSample:
     """A successful download row joined with its tar members (``member``: their stem).
@@ -664,7 +698,8 @@ def _download_sample(row: dict[str, Any], stem: str, image: bytes | None,
     if caption is None and caption_member is not None:
         caption = caption_member.decode("utf-8", "replace")
     return DownloadedSample(
-        key=str(row.get(I2D_KEY) or key_from_member_stem(stem)),
+        # zhclip_key: a plain img2dataset run keys by position; the stable key rode along
+        key=str(row.get(S.ZHCLIP_KEY) or row.get(I2D_KEY) or key_from_member_stem(stem)),
         source=str(row.get(S.SOURCE) or UNKNOWN_SOURCE),
         url=row.get(S.URL),
         caption=caption,
