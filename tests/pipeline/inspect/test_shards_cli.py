@@ -273,7 +273,7 @@ DAMAGES = {
     "sidecar_disagrees": (lambda d: rewrite_sidecar(d / "train" / "train-000000.parquet", _change_caption),
                           {V.SIDECAR_MISMATCH, V.CHECKSUM_MISMATCH}, "train-000000/coco_zh_00002"),
     "missing_tar": (lambda d: (d / "val" / "val-000000.tar").unlink(), {V.FILE_MISSING}, "val-000000.tar"),
-    "checksum_only": (lambda d: _set_manifest_sha(d, "val-000000.tar"), {V.CHECKSUM_MISMATCH},
+    "checksum_only": (lambda d: _set_manifest_sha(d, "val/val-000000.tar"), {V.CHECKSUM_MISMATCH},
                       "val-000000.tar"),
     "manifest_missing": (lambda d: (d / "manifest.json").unlink(), {V.MANIFEST_MISSING}, "manifest.json"),
     "manifest_unreadable": (lambda d: (d / "manifest.json").write_text("{not json"), {V.MANIFEST_UNREADABLE},

@@ -59,7 +59,8 @@ def _cfg(out: Path, **score):
 
 
 def _dataset_files(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((out / SH.DATASET_DIR).iterdir())}
+    folder = out / SH.DATASET_DIR
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
