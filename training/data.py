@@ -51,7 +51,7 @@ def _join(root: str, name: str) -> str:
 def list_shards(dataset: str | None, split: str, pattern: str | None = None) -> list[Shard]:
     """The shards of ``split``: from a brace pattern, else manifest.json, else a glob.
 
-    ``pattern`` may be ``train-{000000..000099}.tar`` (relative to ``dataset``),
+    ``pattern`` may be ``train/train-{000000..000099}.tar`` (relative to ``dataset``),
     an absolute pattern or URL, or several joined by ``::``.
     """
     if pattern:

@@ -25,6 +25,8 @@ from zhclip.pipeline.demo.sample import generate_sample, sample_config
 from zhclip.pipeline.shards import format as SH
 
 # What README tells a user to pass (key, width and height are img2dataset's own).
+pytestmark = pytest.mark.slow  # a demo run, an img2dataset run and two score runs: ~3 min on 2 cores
+
 SAVE_COLUMNS = [S.ZHCLIP_KEY, S.SOURCE, S.SOURCE_ID, S.CAPTION_ORIG, S.SIMILARITY, S.LICENSE, S.NSFW]
 
 

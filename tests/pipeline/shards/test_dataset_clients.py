@@ -252,6 +252,7 @@ def open_clip_train_command() -> list[str]:
     return [sys.executable, "-m", "open_clip_train.main"]
 
 
+@pytest.mark.slow
 def test_open_clip_trainer_runs_an_epoch_on_the_train_split(null_first_dataset, tmp_path):
     """`python -m open_clip_train.main --dataset-type webdataset`, no --train-num-samples."""
     pytest.importorskip("open_clip_train")
