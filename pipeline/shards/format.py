@@ -261,10 +261,11 @@ def write_shard(folder: str, split: str, index: int, samples: Sequence[ShardSamp
 
 
 class ShardWriter:
-    """Sequential writer: ``write(sample)`` fills ``{split}-{index:06d}`` shards of fixed size.
+    """Sequential writer: ``write(sample)`` fills ``{split}/{split}-{index:06d}`` shards of fixed size.
 
     The Beam job writes whole shards with :func:`write_shard`; this class serves
-    code that produces samples in order (tools, tests, small conversions).
+    code that produces samples in order (tools, tests, small conversions); pass its
+    ``written`` to :func:`finish_dataset` for the manifest, sizes.json and card.
     """
 
     def __init__(self, folder: str, split: str = SPLIT_TRAIN, samples_per_shard: int = 10_000,
