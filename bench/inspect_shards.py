@@ -81,7 +81,8 @@ def subset_folder(full: Path, sub: Path, fraction: float) -> int:
     keep = manifest["shards"][: max(1, int(len(manifest["shards"]) * fraction))]
     sub.mkdir()
     for shard in keep:
-        for name in shard["files"]:
+        for name in shard["files"]:  # "train/train-000000.tar": keep the split folder
+            (sub / name).parent.mkdir(parents=True, exist_ok=True)
             os.symlink(full / name, sub / name)
     SH.write_manifest(str(sub), SH.build_manifest(keep, None))
     return sum(s["samples"] for s in keep)
@@ -135,13 +136,13 @@ def main() -> int:
         full = Path(tmp) / "dataset"
         t0 = time.perf_counter()
         total = write_folder(full, args.shards, args.per_shard, args.image_size)
-        size_mb = sum(p.stat().st_size for p in full.iterdir()) / 2**20
+        size_mb = sum(p.stat().st_size for p in full.rglob("*") if p.is_file()) / 2**20
         print(f"wrote {args.shards} shards x {args.per_shard} samples ({total} samples, {size_mb:.0f} MiB) "
               f"in {time.perf_counter() - t0:.1f}s", flush=True)
         sub = Path(tmp) / "subset"
         subset_folder(full, sub, 0.1)
 
-        for p in full.iterdir():  # page cache warm for every reader alike, not only the later ones
+        for p in (p for p in full.rglob("*") if p.is_file()):  # page cache warm for every reader alike, not only the later ones
             p.read_bytes()
         runs = [run_child(m, full) for m in ("raw_read", "shards_verify_dataset", "verify_no_decode", "verify")]
         small = run_child("verify", sub)

@@ -14,7 +14,6 @@ the DataLoader never runs dry and its round-robin order over workers is fixed.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import random
 import warnings
@@ -23,18 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import torch
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision import transforms as T
 from zhclip.pipeline.core.schema import MEMBER_IMAGE, MEMBER_TEXT
+from zhclip.pipeline.shards import format as SH
 from zhclip.training.tokenizer import CaptionTokenizer
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -50,15 +48,10 @@ def _join(root: str, name: str) -> str:
     return f"{root.rstrip('/')}/{name}" if "://" in root else str(Path(root) / name)
 
 
-def _tar_name(name: str) -> str:
-    # pipeline.shards records the stem ("train-000000"); accept a file name too
-    return name if name.endswith(".tar") else f"{name}.tar"
-
-
 def list_shards(dataset: str | None, split: str, pattern: str | None = None) -> list[Shard]:
     """The shards of ``split``: from a brace pattern, else manifest.json, else a glob.
 
-    ``pattern`` may be ``train-{000000..000099}.tar`` (relative to ``dataset``),
+    ``pattern`` may be ``train/train-{000000..000099}.tar`` (relative to ``dataset``),
     an absolute pattern or URL, or several joined by ``::``.
     """
     if pattern:
@@ -69,21 +62,12 @@ def list_shards(dataset: str | None, split: str, pattern: str | None = None) -> 
         return [Shard(u) for u in urls]
     if dataset is None:
         raise FileNotFoundError("no dataset folder: set train.data.path or the config's output")
-    manifest = _join(dataset, MANIFEST)
-    try:
-        with fsspec.open(manifest, "r", encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        data = None
-    if data is not None:
-        shards = [Shard(_join(dataset, _tar_name(s["name"])), s.get("samples"))
-                  for s in data.get("shards", []) if s.get("split") == split]
-    elif "://" not in dataset and Path(dataset).is_dir():
-        shards = [Shard(str(p)) for p in sorted(Path(dataset).glob(f"{split}-*.tar"))]
-    else:
-        raise FileNotFoundError(f"{manifest} not found; run `zhclip score` first or set train.data.{split}")
+    # The one shard lister of the package (pipeline.shards.format): manifest.json
+    # first, else the files on disk; split folders and the first, flat layout.
+    shards = [Shard(s.tar, s.samples) for s in SH.dataset_shards(dataset, split)]
     if not shards:
-        raise FileNotFoundError(f"no {split!r} shards in {dataset} (manifest or {split}-*.tar)")
+        raise FileNotFoundError(f"no {split!r} shards in {dataset} (manifest.json, {split}/{split}-*.tar "
+                                f"or {split}-*.tar); run `zhclip score` first or set train.data.{split}")
     return shards
 
 

@@ -91,7 +91,7 @@ def write_shape_dataset(dataset: Path, n_train: int = 512, n_val: int = 48,
                 writer.write(SH.ShardSample(key, data, caption_of(place, colour, shape), meta))
         written += writer.written
     manifest = SH.build_manifest(written, config=None)
-    SH.write_manifest(str(dataset), manifest)
+    SH.write_dataset_files(str(dataset), manifest)
     return manifest
 
 

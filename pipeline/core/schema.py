@@ -11,6 +11,10 @@ import pyarrow as pa
 
 # --- stage 1: metadata (URL shards) -----------------------------------------
 KEY = "key"
+# A copy of ``key`` under a name img2dataset's CLI does not reserve (it owns
+# key, width, height in --save_additional_columns), so the stable key travels
+# through a plain `img2dataset --save_additional_columns '["zhclip_key", ...]'`.
+ZHCLIP_KEY = "zhclip_key"
 URL = "url"
 CAPTION = "caption"
 CAPTION_ORIG = "caption_orig"
@@ -48,9 +52,16 @@ METADATA_SCHEMA = pa.schema(
         pa.field(REGION_Y, pa.int64()),
         pa.field(REGION_W, pa.int64()),
         pa.field(REGION_H, pa.int64()),
+        # Filled from key when a URL shard is written (url_shard_table); null in memory.
+        pa.field(ZHCLIP_KEY, pa.string()),
     ]
 )
 METADATA_COLUMNS = METADATA_SCHEMA.names
+# The columns `zhclip score` needs from a plain img2dataset download folder
+# (REQUIRED: without source the per-source rules cannot run), and those it uses
+# when present (zhclip_key restores the stable keys, the rest the final metadata).
+I2D_REQUIRED_COLUMNS = (SOURCE,)
+I2D_RECOMMENDED_COLUMNS = (ZHCLIP_KEY, SOURCE, SOURCE_ID, CAPTION_ORIG, SIMILARITY, LICENSE, NSFW)
 
 # --- rejects (every stage) --------------------------------------------------
 REASON = "reason"
@@ -69,6 +80,13 @@ REJECT_SCHEMA = pa.schema(
     ]
 )
 REJECT_COLUMNS = REJECT_SCHEMA.names
+
+def url_shard_table(table: pa.Table) -> pa.Table:
+    """``table`` as a stage-1 URL shard: METADATA_SCHEMA, with zhclip_key = key."""
+    table = conform(table, METADATA_SCHEMA)
+    return table.set_column(table.schema.get_field_index(ZHCLIP_KEY), ZHCLIP_KEY,
+                            table.column(KEY).cast(pa.string()))
+
 
 def empty_metadata_table() -> pa.Table:
     return METADATA_SCHEMA.empty_table()

@@ -45,7 +45,7 @@ def write_dataset(folder: Path, shards: tuple[tuple[str, int], ...] = (("train",
         index[split] += 1
         all_samples.extend(samples)
     if manifest:
-        SH.write_manifest(str(folder), SH.build_manifest(infos, {"output": str(folder.parent)}))
+        SH.write_dataset_files(str(folder), SH.build_manifest(infos, {"output": str(folder.parent)}))
     return all_samples
 
 

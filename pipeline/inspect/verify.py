@@ -226,7 +226,8 @@ def _check_manifest_file(folder: src.ShardFolder, name: str, got: SH.FileInfo | 
     entry = src.manifest_entry(folder, name.rpartition(".")[0])
     if folder.manifest is None or entry is None:
         return
-    want = entry.get("files", {}).get(name)
+    # the manifest names files by their path in the dataset folder (train/train-000000.tar)
+    want = next((v for k, v in entry.get("files", {}).items() if k.rpartition("/")[2] == name), None)
     if want is None:
         report.add(NOT_IN_MANIFEST, name, "the manifest's shard entry does not list this file")
     elif got is None:

@@ -227,7 +227,7 @@ class WriteUrlShards(beam.DoFn):
         for part, start in enumerate(range(0, table.num_rows, self._n)):
             chunk = table.slice(start, self._n)
             name = f"{bucket:05d}-{part:04d}.parquet"
-            paths.write_parquet_atomic(S.conform(chunk, S.METADATA_SCHEMA),
+            paths.write_parquet_atomic(S.url_shard_table(chunk),
                                        paths.join(self._out, METADATA_DIR, name))
         kept_counter.inc(table.num_rows)
         for item in pc.value_counts(table.column(S.SOURCE)).to_pylist():

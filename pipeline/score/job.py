@@ -12,7 +12,8 @@ same scores, hence the same shards, byte for byte. Every sample of the final
 shards gets a global position (a hash of its key), so shard contents do not
 depend on worker count or timing either.
 
-Outputs: OUT/dataset/{split}-{index:06d}.tar + .parquet, OUT/dataset/manifest.json,
+Outputs: OUT/dataset/{split}/{split}-{index:06d}.tar + .parquet + sizes.json,
+OUT/dataset/manifest.json + README.md (Hugging Face dataset card),
 OUT/rejects/score-*.parquet (REJECT_SCHEMA, stage "score"), OUT/report/score.json.
 """
 
@@ -336,10 +337,7 @@ def finalize(_: Any, out: str, cfg_dict: dict[str, Any], shard_infos: list[dict[
     """
     plan = plan_thresholds(config_from_dict(cfg_dict))
     dataset = paths.join(out, SH.DATASET_DIR)
-    manifest = SH.build_manifest(shard_infos, cfg_dict)
-    keep = {name for s in manifest["shards"] for name in s["files"]}
-    stale = SH.remove_stale_shards(dataset, keep)
-    SH.write_manifest(dataset, manifest)
+    manifest, stale = SH.finish_dataset(dataset, shard_infos, cfg_dict)
     for uri in paths.list_files(paths.join(out, REJECTS_DIR), ".parquet"):
         name = uri.rpartition("/")[2]
         if name.startswith(REJECT_FILE_PREFIX) and name not in reject_files:
@@ -517,6 +515,10 @@ def run_score(cfg: Config, beam_args: list[str] | None = None,
     if not shards:
         raise FileNotFoundError(f"no download shards (*.tar / *.parquet) in {folder}; "
                                 "run `zhclip download` first or pass --downloads")
+    absent = SH.check_download_columns(shards, folder)
+    if absent:
+        log.warning("%s lacks column(s) %s: %s", folder, ", ".join(absent),
+                    "keys stay img2dataset's own" if S.ZHCLIP_KEY in absent else "left null")
     if cfg.score.decontaminate is not None and not cfg.score.decontaminate:
         raise ConfigError("score.decontaminate: empty folder name")
     eval_hashes = eval_image_hashes(cfg.score.decontaminate)

@@ -1,11 +1,16 @@
 """Reading and writing the shards stage 3 consumes and produces.
 
-Final shards (OUT/dataset): ``{split}-{shard:06d}.tar`` holding, per sample,
-``{key}.jpg``, ``{key}.txt`` (UTF-8 caption) and ``{key}.json`` (key, source,
-url, caption_orig, score, width, height, sha256), a parquet sidecar
+Final shards (OUT/dataset/{split}/): ``{split}-{shard:06d}.tar`` holding, per
+sample, ``{key}.jpg``, ``{key}.txt`` (UTF-8 caption) and ``{key}.json`` (key,
+source, url, caption_orig, score, width, height, sha256), a parquet sidecar
 ``{split}-{shard:06d}.parquet`` in pipeline.schema.DATASET_SCHEMA with the same
-rows in the same order, and ``manifest.json`` (shards, sample counts, sha256
-and size of every file, config, package versions).
+rows in the same order, and a webdataset ``sizes.json`` per split; beside the
+split folders, ``manifest.json`` (shards, sample counts, sha256 and size of
+every file by its path relative to OUT/dataset, config, package versions) and
+a Hugging Face dataset card ``README.md`` (see pipeline.shards.card).
+
+Datasets of the first layout (every shard flat in OUT/dataset) still read:
+:func:`dataset_shards` is the one lister, and it finds shards in either place.
 
 Bytes are a function of the samples alone (fixed member order, mtime, owner
 and mode; JSON with sorted keys; parquet from the same pyarrow), so a rerun or a
@@ -43,7 +48,8 @@ log = logging.getLogger(__name__)
 DATASET_DIR = "dataset"
 DOWNLOADS_DIR = "downloads"
 MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "zhclip-shards/1"
+MANIFEST_FORMAT = "zhclip-shards/2"  # /2: one folder per split
+SIZES_NAME = "sizes.json"  # webdataset's per-folder {tar name: samples}
 SPLIT_TRAIN = "train"
 SPLIT_VAL = "val"
 SPLITS = (SPLIT_TRAIN, SPLIT_VAL)
@@ -238,8 +244,9 @@ def write_shard(folder: str, split: str, index: int, samples: Sequence[ShardSamp
     """
     stem = shard_stem(split, index)
     attempt = uuid.uuid4().hex[:12]
+    split_folder = paths.join(folder, split)
     tar_info = _write_atomic(
-        paths.join(folder, f"{stem}.tar"), lambda st: write_tar(st, samples), attempt
+        paths.join(split_folder, f"{stem}.tar"), lambda st: write_tar(st, samples), attempt
     )
 
     def write_parquet(stream: Any) -> None:
@@ -247,15 +254,18 @@ def write_shard(folder: str, split: str, index: int, samples: Sequence[ShardSamp
         pq.write_table(samples_table(samples), buffer, compression="zstd")
         stream.write(buffer.getvalue().to_pybytes())
 
-    pq_info = _write_atomic(paths.join(folder, f"{stem}.parquet"), write_parquet, attempt)
+    pq_info = _write_atomic(paths.join(split_folder, f"{stem}.parquet"), write_parquet, attempt)
+    for info in (tar_info, pq_info):  # manifest names are relative to the dataset folder
+        info.name = f"{split}/{info.name}"
     return ShardInfo(split, index, len(samples), [tar_info, pq_info])
 
 
 class ShardWriter:
-    """Sequential writer: ``write(sample)`` fills ``{split}-{index:06d}`` shards of fixed size.
+    """Sequential writer: ``write(sample)`` fills ``{split}/{split}-{index:06d}`` shards of fixed size.
 
     The Beam job writes whole shards with :func:`write_shard`; this class serves
-    code that produces samples in order (tools, tests, small conversions).
+    code that produces samples in order (tools, tests, small conversions); pass its
+    ``written`` to :func:`finish_dataset` for the manifest, sizes.json and card.
     """
 
     def __init__(self, folder: str, split: str = SPLIT_TRAIN, samples_per_shard: int = 10_000,
@@ -323,7 +333,8 @@ def build_manifest(shards: Iterable[ShardInfo | dict[str, Any]], config: dict[st
     manifest = {
         "format": MANIFEST_FORMAT,
         "layout": {
-            "tar": "{split}-{index:06d}.tar",
+            "tar": "{split}/{split}-{index:06d}.tar",
+            "sizes": f"{{split}}/{SIZES_NAME}",
             "members": [S.MEMBER_IMAGE, S.MEMBER_TEXT, S.MEMBER_JSON],
             "json_fields": JSON_FIELDS,
             "parquet_columns": list(S.DATASET_COLUMNS),
@@ -346,6 +357,31 @@ def write_manifest(folder: str, manifest: dict[str, Any]) -> None:
     paths.write_bytes_atomic(paths.join(folder, MANIFEST_NAME), manifest_bytes(manifest))
 
 
+def write_dataset_files(folder: str, manifest: dict[str, Any]) -> None:
+    """Everything beside the shards: per-split sizes.json, the dataset card, then manifest.json.
+
+    The manifest goes last, so a folder with a manifest is a finished folder.
+    """
+    from zhclip.pipeline.shards import card
+
+    write_sizes(folder, manifest)
+    card.write_card(folder, manifest)
+    write_manifest(folder, manifest)
+
+
+def finish_dataset(folder: str, shards: Iterable[ShardInfo | dict[str, Any]],
+                   config: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[str]]:
+    """Manifest of ``shards``; stale shard files removed; sizes, card and manifest written.
+
+    Returns (manifest, names of the removed stale files).
+    """
+    manifest = build_manifest(shards, config)
+    keep = {name for s in manifest["shards"] for name in s["files"]}
+    stale = remove_stale_shards(folder, keep)
+    write_dataset_files(folder, manifest)
+    return manifest, stale
+
+
 def read_manifest(folder: str) -> dict[str, Any]:
     uri = paths.join(folder, MANIFEST_NAME)
     if not paths.exists(uri):
@@ -353,12 +389,52 @@ def read_manifest(folder: str) -> dict[str, Any]:
     return json.loads(paths.read_text(uri))
 
 
+def sizes_by_split(manifest: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """webdataset ``sizes.json`` contents per split: {tar file name: samples}, in index order."""
+    out: dict[str, dict[str, int]] = {}
+    for shard in manifest["shards"]:
+        out.setdefault(shard["split"], {})[f"{shard['name']}.tar"] = shard["samples"]
+    return out
+
+
+def write_sizes(folder: str, manifest: dict[str, Any]) -> list[str]:
+    """Write ``{split}/sizes.json`` for every split of ``manifest``; returns their relative names.
+
+    open_clip's trainer (and webdataset's own tooling) read it to count the
+    samples of a shard list, so ``--train-num-samples`` is not needed.
+    """
+    written = []
+    for split, sizes in sorted(sizes_by_split(manifest).items()):
+        data = (json.dumps(sizes, indent=2) + "\n").encode("utf-8")
+        paths.write_bytes_atomic(paths.join(folder, split, SIZES_NAME), data)
+        written.append(f"{split}/{SIZES_NAME}")
+    return written
+
+
+def shard_files_on_disk(folder: str) -> list[str]:
+    """Shard-named files (and temporaries) flat in ``folder`` and in its split folders."""
+    out = []
+    for sub in (folder, *(paths.join(folder, sp) for sp in SPLITS)):
+        out.extend(u for u in paths.list_files(sub)
+                   if SHARD_FILE_RE.match(u.rpartition("/")[2])
+                   or u.rpartition("/")[2].startswith(".tmp-"))
+    return out
+
+
+def _relative(folder: str, uri: str) -> str:
+    return uri[len(folder.rstrip("/")) + 1:] if uri.startswith(folder.rstrip("/") + "/") else uri
+
+
 def remove_stale_shards(folder: str, keep: set[str]) -> list[str]:
-    """Delete shard files of an earlier run that this run did not write; returns their names."""
+    """Delete shard files of an earlier run that this run did not write; returns their names.
+
+    ``keep`` holds names relative to ``folder`` (``train/train-000000.tar``);
+    flat files of the first layout are stale once a new run rewrote the folder.
+    """
     removed = []
-    for uri in paths.list_files(folder):
-        name = uri.rpartition("/")[2]
-        if (SHARD_FILE_RE.match(name) or name.startswith(".tmp-")) and name not in keep:
+    for uri in shard_files_on_disk(folder):
+        name = _relative(folder, uri)
+        if name not in keep:
             paths.remove(uri)
             removed.append(name)
     return removed
@@ -394,17 +470,16 @@ def verify_dataset(folder: str, deep: bool = True) -> list[str]:
                 problems.append(f"{name}: checksum mismatch (sha256 {got.sha256[:12]}..., "
                                 f"manifest {want['sha256'][:12]}...)")
         if deep:
-            tar_uri = paths.join(folder, f"{shard['name']}.tar")
-            pq_uri = paths.join(folder, f"{shard['name']}.parquet")
+            tar_uri, pq_uri = _entry_file(folder, shard, "tar"), _entry_file(folder, shard, "parquet")
             if paths.exists(tar_uri) and paths.exists(pq_uri):
                 n_tar = sum(1 for _ in iter_shard(tar_uri))
                 n_pq = read_shard_table(pq_uri).num_rows
                 if not n_tar == n_pq == shard["samples"]:
                     problems.append(f"{shard['name']}: {n_tar} samples in tar, {n_pq} in parquet, "
                                     f"{shard['samples']} in manifest")
-    for uri in paths.list_files(folder):
-        name = uri.rpartition("/")[2]
-        if SHARD_FILE_RE.match(name) and name not in listed:
+    for uri in shard_files_on_disk(folder):
+        name = _relative(folder, uri)
+        if SHARD_FILE_RE.match(name.rpartition("/")[2]) and name not in listed:
             problems.append(f"{name}: not in the manifest")
     return problems
 
@@ -412,19 +487,65 @@ def verify_dataset(folder: str, deep: bool = True) -> list[str]:
 # --- final shard readers -----------------------------------------------------------------------
 
 
-def list_dataset_shards(folder: str, split: str | None = None, ext: str = "tar") -> list[str]:
-    """Shard files of a dataset folder, from its manifest when present, in (split, index) order."""
-    manifest_uri = paths.join(folder, MANIFEST_NAME)
-    if paths.exists(manifest_uri):
-        shards = read_manifest(folder)["shards"]
-        return [paths.join(folder, f"{s['name']}.{ext}") for s in shards
-                if split is None or s["split"] == split]
-    out = []
-    for uri in paths.list_files(folder, f".{ext}"):
+@dataclass(frozen=True)
+class DatasetShard:
+    """One final shard, wherever the layout put it; ``samples`` is None without a manifest."""
+
+    name: str
+    split: str
+    index: int
+    tar: str
+    parquet: str
+    samples: int | None = None
+
+
+def _entry_file(folder: str, entry: dict[str, Any], ext: str) -> str:
+    """Path of one file of a manifest entry: the listed name (either layout), else the flat name."""
+    for name in entry.get("files", {}):
+        if name.endswith(f".{ext}"):
+            return paths.join(folder, name)
+    return paths.join(folder, f"{entry['name']}.{ext}")
+
+
+def scan_dataset_shards(folder: str) -> list[DatasetShard]:
+    """Shards found on disk, in split folders (current layout) or flat (first layout)."""
+    found: dict[str, dict[str, Any]] = {}
+    for uri in shard_files_on_disk(folder):
         m = SHARD_FILE_RE.match(uri.rpartition("/")[2])
-        if m and (split is None or m["split"] == split):
-            out.append(uri)
+        if not m:
+            continue
+        stem = f"{m['split']}-{m['index']}"
+        entry = found.setdefault(stem, {"split": m["split"], "index": int(m["index"])})
+        entry[m["ext"]] = uri  # split folders are listed after the flat files: they win
+    out = []
+    for stem, e in found.items():
+        base = (e.get("tar") or e.get("parquet")).rpartition(".")[0]
+        out.append(DatasetShard(stem, e["split"], e["index"], e.get("tar", f"{base}.tar"),
+                                e.get("parquet", f"{base}.parquet")))
     return out
+
+
+def dataset_shards(folder: str, split: str | None = None) -> list[DatasetShard]:
+    """The shards of a dataset folder in (split, index) order: the one lister of the package.
+
+    From manifest.json when present (so a half written or stale file that
+    happens to sit in the folder is never read), else from the files on disk.
+    Both layouts read: ``{split}/{split}-NNNNNN.tar`` and the first, flat
+    ``{split}-NNNNNN.tar``. Training, inspection and the loaders all use it.
+    """
+    if paths.exists(paths.join(folder, MANIFEST_NAME)):
+        shards = [DatasetShard(s["name"], s["split"], int(s["index"]), _entry_file(folder, s, "tar"),
+                               _entry_file(folder, s, "parquet"), s.get("samples"))
+                  for s in read_manifest(folder)["shards"]]
+    else:
+        shards = scan_dataset_shards(folder)
+    shards.sort(key=lambda s: (s.split, s.index))
+    return [s for s in shards if split is None or s.split == split]
+
+
+def list_dataset_shards(folder: str, split: str | None = None, ext: str = "tar") -> list[str]:
+    """Paths of the ``ext`` files (tar or parquet) of :func:`dataset_shards`."""
+    return [s.tar if ext == "tar" else s.parquet for s in dataset_shards(folder, split)]
 
 
 def group_tar_members(stream: Any) -> Iterator[tuple[str, dict[str, bytes], str | None]]:
@@ -511,6 +632,40 @@ def list_download_shards(folder: str) -> list[DownloadShard]:
     return [DownloadShard(n, f.get("tar"), f.get("parquet")) for n, f in sorted(found.items())]
 
 
+def check_download_columns(shards: Sequence[DownloadShard], folder: str,
+                           limit: int = 16) -> list[str]:
+    """Stop before scoring a download folder that lacks the columns the rules need.
+
+    A folder written by plain img2dataset holds only the columns its
+    ``--save_additional_columns`` named. Without ``source`` every row would be
+    scored as source "unknown" (no 0.26 rule for LAION, COCO/VG dropped as
+    duplicate images), so that raises UsageError naming the missing columns and
+    the command that writes them. Returns the recommended columns that are
+    absent (``zhclip_key``: keys stay img2dataset's own), for a warning.
+    Reads the parquet footers of the first ``limit`` shards only.
+    """
+    from zhclip.pipeline.core.errors import UsageError
+
+    missing_rec: set[str] = set()
+    for shard in [s for s in shards if s.parquet is not None][:limit]:
+        fs, path = paths.filesystem_for(shard.parquet)
+        try:
+            names = set(pq.read_schema(path, filesystem=fs).names)
+        except Exception:  # unreadable footer: read_download_shard reports it per shard
+            continue
+        missing = [c for c in S.I2D_REQUIRED_COLUMNS if c not in names]
+        if missing:
+            cols = json.dumps(list(S.I2D_RECOMMENDED_COLUMNS))
+            raise UsageError(
+                f"{folder}: {shard.name}.parquet has no column {', '.join(missing)}, which "
+                f"`zhclip score` needs to apply the per-source rules (it has: "
+                f"{', '.join(sorted(names))}). Download the URL shards with `zhclip download`, or "
+                f"with img2dataset ... --save_additional_columns '{cols}'")
+        if S.ERROR_CLASS not in names:  # plain img2dataset (stage 2 writes its own keys)
+            missing_rec |= {c for c in S.I2D_RECOMMENDED_COLUMNS if c not in names}
+    return sorted(missing_rec)
+
+
 @dataclass
 class DownloadedSample:
     """A successful download row joined with its tar members (``member``: their stem).
@@ -544,7 +699,8 @@ def _download_sample(row: dict[str, Any], stem: str, image: bytes | None,
     if caption is None and caption_member is not None:
         caption = caption_member.decode("utf-8", "replace")
     return DownloadedSample(
-        key=str(row.get(I2D_KEY) or key_from_member_stem(stem)),
+        # zhclip_key: a plain img2dataset run keys by position; the stable key rode along
+        key=str(row.get(S.ZHCLIP_KEY) or row.get(I2D_KEY) or key_from_member_stem(stem)),
         source=str(row.get(S.SOURCE) or UNKNOWN_SOURCE),
         url=row.get(S.URL),
         caption=caption,

@@ -2,6 +2,7 @@
 
     from zhclip.pipeline.shards.loading import load_hf_dataset, ZhclipIterableDataset, webdataset_urls
 
+    ds = datasets.load_dataset("runs/demo/dataset")                     # the dataset card: both splits
     ds = load_hf_dataset("runs/demo/dataset", split="train")            # datasets, webdataset builder:
                                                                          #   jpg (PIL), txt, json columns
     meta = load_hf_dataset("runs/demo/dataset", builder="parquet")      # sidecars: metadata only
@@ -60,24 +61,14 @@ def load_hf_dataset(folder: str, split: str = SH.SPLIT_TRAIN, builder: str = "we
 
 
 def webdataset_features():
-    """``datasets.Features`` of one final-shard sample: jpg, txt and the typed json."""
+    """``datasets.Features`` of one final-shard sample, as the dataset card declares them."""
     import datasets
+    from zhclip.pipeline.shards import card
 
-    json_fields = {f.name: datasets.Value(_hf_type(f.type)) for f in S.DATASET_SCHEMA
-                   if f.name in SH.JSON_FIELDS}
-    return datasets.Features({"jpg": datasets.Image(), "txt": datasets.Value("string"),
-                              "json": json_fields, "__key__": datasets.Value("string"),
-                              "__url__": datasets.Value("string")})
-
-
-def _hf_type(arrow_type) -> str:
-    import pyarrow as pa
-
-    if pa.types.is_floating(arrow_type):
-        return "float64"
-    if pa.types.is_integer(arrow_type):
-        return "int64"
-    return "string"
+    json_fields = {name: datasets.Value(dtype) for name, dtype in card.json_fields()}
+    return datasets.Features({S.MEMBER_IMAGE: datasets.Image(), S.MEMBER_TEXT: datasets.Value("string"),
+                              S.MEMBER_JSON: json_fields, card.WDS_KEY: datasets.Value("string"),
+                              card.WDS_URL: datasets.Value("string")})
 
 
 class ZhclipIterableDataset(IterableDataset):

@@ -1,7 +1,8 @@
 """What a path given to ``zhclip shards`` holds, and its samples, one tar at a time.
 
 Two layouts share webdataset + parquet: the final shards of stage 3
-(OUT/dataset: ``{split}-NNNNNN.tar`` + sidecar + manifest.json) and
+(OUT/dataset: ``{split}/{split}-NNNNNN.tar`` + sidecar, manifest.json; the
+first, flat layout too) and
 img2dataset's download folders (OUT/downloads: ``{shard}.tar`` + ``{shard}.parquet``
 with every input row and its status). :func:`open_folder` tells them apart and
 lists the shards; :func:`iter_samples` streams samples shard by shard, so memory
@@ -73,11 +74,13 @@ class Sample:
 # --- which folder -----------------------------------------------------------------------
 
 
-def _kind_of_files(names: list[str]) -> str | None:
+def _kind_of_files(names: list[str], uri: str | None = None) -> str | None:
     if SH.MANIFEST_NAME in names or any(SH.SHARD_FILE_RE.match(n) for n in names):
         return KIND_DATASET
     if any(n.endswith((".tar", ".parquet")) and not n.startswith((".", "_")) for n in names):
         return KIND_DOWNLOADS
+    if uri is not None and SH.shard_files_on_disk(uri):  # split folders, no manifest
+        return KIND_DATASET
     return None
 
 
@@ -94,13 +97,13 @@ def open_folder(path: str) -> ShardFolder:
     if info.type != pafs.FileType.Directory:
         raise InspectError(f"{path} is a file; pass the folder that holds the shards")
     names = [u.rpartition("/")[2] for u in paths.list_files(uri)]
-    kind = _kind_of_files(names)
+    kind = _kind_of_files(names, uri)
     if kind is None:
         # An OUT root: prefer the final shards, else the downloads.
         for sub, sub_kind in ((SH.DATASET_DIR, KIND_DATASET), (SH.DOWNLOADS_DIR, KIND_DOWNLOADS)):
             sub_uri = paths.join(uri, sub)
             sub_names = [u.rpartition("/")[2] for u in paths.list_files(sub_uri)]
-            if _kind_of_files(sub_names) == sub_kind:
+            if _kind_of_files(sub_names, sub_uri) == sub_kind:
                 folder = _open_kind(sub_uri, sub_kind)
                 folder.note = f"{path} is an output root: inspecting {sub_uri}"
                 return folder
@@ -124,17 +127,18 @@ def _open_kind(uri: str, kind: str) -> ShardFolder:
                 raise ValueError("no 'shards' list")
         except (ValueError, UnicodeDecodeError, OSError) as err:
             manifest, manifest_error = None, f"{SH.MANIFEST_NAME}: unreadable ({err})"
-    on_disk = {u.rpartition("/")[2]: u for u in paths.list_files(uri)}
-    stems: dict[str, str] = {}  # name -> split
-    for name in on_disk:
-        m = SH.SHARD_FILE_RE.match(name)
-        if m:
-            stems[name.rpartition(".")[0]] = m["split"]
-    for shard in (manifest or {}).get("shards", []):
-        stems.setdefault(str(shard.get("name")), str(shard.get("split")))
+    # Files on disk (either layout) and, when readable, the manifest's list: a
+    # listed file that is absent becomes None, which the commands report.
+    on_disk = {u.rpartition("/")[2]: u for u in SH.shard_files_on_disk(uri)}
+    splits = {s.name: s.split for s in SH.scan_dataset_shards(uri)}
+    if manifest is not None:
+        try:
+            splits.update({s.name: s.split for s in SH.dataset_shards(uri)})
+        except (KeyError, TypeError, ValueError) as err:
+            manifest_error = f"{SH.MANIFEST_NAME}: malformed shard entry ({err})"
     shards = [
         ShardRef(stem, split, on_disk.get(f"{stem}.tar"), on_disk.get(f"{stem}.parquet"))
-        for stem, split in sorted(stems.items(), key=lambda kv: (kv[1], kv[0]))
+        for stem, split in sorted(splits.items(), key=lambda kv: (kv[1], kv[0]))
     ]
     return ShardFolder(uri, KIND_DATASET, shards, manifest, manifest_error)
 

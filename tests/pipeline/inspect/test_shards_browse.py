@@ -128,7 +128,7 @@ def test_captions_are_escaped(browsed, chromium, tmp_path):
 
 def test_undecodable_image_gets_a_placeholder_and_exit_1(browsed, chromium, tmp_path, capsys):
     damaged = copy_folder(browsed["base"] / "dataset", tmp_path / "dataset")
-    rewrite_tar(damaged / "train-000000.tar",
+    rewrite_tar(damaged / "train" / "train-000000.tar",
                 lambda name, data: b"garbage" if name == "wukong_00001.jpg" else data)
     out = tmp_path / "sheet"
     rc = zhclip(["shards", "browse", str(damaged), "--out", str(out), "--per-page", "5"])

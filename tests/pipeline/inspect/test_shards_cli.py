@@ -67,8 +67,8 @@ def test_ls_dataset_lists_shards_counts_bytes_and_split(built, capsys):
     assert [(r["shard"], r["split"], r["samples"]) for r in listing["shards"]] == [
         ("train-000000", "train", 5), ("train-000001", "train", 5), ("val-000000", "val", 3)]
     for r in listing["shards"]:
-        assert r["tar_bytes"] == (built["dataset"] / f"{r['shard']}.tar").stat().st_size
-        assert r["parquet_bytes"] == (built["dataset"] / f"{r['shard']}.parquet").stat().st_size
+        assert r["tar_bytes"] == (built["dataset"] / r["split"] / f"{r['shard']}.tar").stat().st_size
+        assert r["parquet_bytes"] == (built["dataset"] / r["split"] / f"{r['shard']}.parquet").stat().st_size
         assert r["problems"] == []
     assert listing["total_samples"] == 13 and listing["kind"] == "dataset"
 
@@ -90,7 +90,7 @@ def test_ls_download_folder_counts_success_rows(built, tmp_path, capsys):
 
 
 def test_ls_names_shards_with_a_missing_half(damaged, capsys):
-    (damaged / "train-000001.parquet").unlink()
+    (damaged / "train" / "train-000001.parquet").unlink()
     rc, out, err = run(capsys, "ls", str(damaged))
     assert rc == 1
     assert "train-000001" in err and "sidecar missing" in err
@@ -149,7 +149,7 @@ def test_stats_and_verify_find_duplicate_keys_across_shards(tmp_path, capsys):
 
 
 def test_stats_reads_the_tar_when_a_sidecar_is_missing(damaged, capsys):
-    (damaged / "val-000000.parquet").unlink()
+    (damaged / "val" / "val-000000.parquet").unlink()
     rc, out, err = run(capsys, "stats", str(damaged), "--json")
     assert rc == 1 and "val-000000: parquet sidecar missing" in err
     assert json.loads(out)["samples"] == 13  # still counted, from the tar
@@ -199,7 +199,7 @@ def test_verify_clean_folders(built, capsys):
     result = json.loads(out)
     assert result["ok"] and result["samples"] == 13 and result["shards"] == 3
     # the single-pass hash equals the manifest's (i.e. really the whole file was read)
-    assert result["bytes_read"] == sum((built["dataset"] / f"{n}.tar").stat().st_size
+    assert result["bytes_read"] == sum((built["dataset"] / n.split("-")[0] / f"{n}.tar").stat().st_size
                                        for n in ("train-000000", "train-000001", "val-000000"))
 
 
@@ -243,37 +243,37 @@ def _change_caption(rows):
 
 # (damage, expected problem kinds, where the first problem of the main kind points)
 DAMAGES = {
-    "truncated_tar": (lambda d: truncate(d / "train-000001.tar", 0.5),
+    "truncated_tar": (lambda d: truncate(d / "train" / "train-000001.tar", 0.5),
                       {V.TAR_DAMAGED, V.CHECKSUM_MISMATCH, V.COUNT_MISMATCH, V.SIDECAR_MISMATCH},
                       "train-000001.tar"),
-    "tar_cut_at_member_boundary": (lambda d: _cut_at_member_boundary(d / "train-000000.tar", 6),
+    "tar_cut_at_member_boundary": (lambda d: _cut_at_member_boundary(d / "train" / "train-000000.tar", 6),
                                    {V.TAR_DAMAGED, V.CHECKSUM_MISMATCH, V.COUNT_MISMATCH, V.SIDECAR_MISMATCH},
                                    "train-000000.tar"),
-    "sample_without_caption": (lambda d: rewrite_tar(d / "train-000000.tar", _drop_member("wukong_00001.txt")),
+    "sample_without_caption": (lambda d: rewrite_tar(d / "train" / "train-000000.tar", _drop_member("wukong_00001.txt")),
                                {V.MISSING_CAPTION, V.CHECKSUM_MISMATCH}, "train-000000/wukong_00001"),
-    "non_utf8_caption": (lambda d: rewrite_tar(d / "val-000000.tar",
+    "non_utf8_caption": (lambda d: rewrite_tar(d / "val" / "val-000000.tar",
                                                _replace_member("laion_zh_00012.txt", b"\xff\xfe\xe4\xb8bad")),
                          {V.CAPTION_NOT_UTF8, V.CHECKSUM_MISMATCH}, "val-000000/laion_zh_00012"),
-    "empty_caption": (lambda d: rewrite_tar(d / "val-000000.tar", _replace_member("laion_zh_00012.txt", b" ")),
+    "empty_caption": (lambda d: rewrite_tar(d / "val" / "val-000000.tar", _replace_member("laion_zh_00012.txt", b" ")),
                       {V.CAPTION_EMPTY, V.CHECKSUM_MISMATCH, V.SIDECAR_MISMATCH}, "val-000000/laion_zh_00012"),
-    "image_undecodable": (lambda d: rewrite_tar(d / "train-000000.tar",
+    "image_undecodable": (lambda d: rewrite_tar(d / "train" / "train-000000.tar",
                                                 _replace_member("coco_zh_00002.jpg", b"<html>404</html>")),
                           {V.IMAGE_UNDECODABLE, V.IMAGE_SHA256_MISMATCH, V.CHECKSUM_MISMATCH,
                            V.SIDECAR_MISMATCH}, "train-000000/coco_zh_00002"),
-    "image_missing": (lambda d: rewrite_tar(d / "train-000000.tar", _drop_member("coco_zh_00002.jpg")),
+    "image_missing": (lambda d: rewrite_tar(d / "train" / "train-000000.tar", _drop_member("coco_zh_00002.jpg")),
                       {V.MISSING_IMAGE, V.CHECKSUM_MISMATCH}, "train-000000/coco_zh_00002"),
-    "json_missing": (lambda d: rewrite_tar(d / "train-000000.tar", _drop_member("coco_zh_00002.json")),
+    "json_missing": (lambda d: rewrite_tar(d / "train" / "train-000000.tar", _drop_member("coco_zh_00002.json")),
                      {V.MISSING_JSON, V.CHECKSUM_MISMATCH}, "train-000000/coco_zh_00002"),
-    "json_names_other_key": (lambda d: rewrite_tar(d / "train-000000.tar",
+    "json_names_other_key": (lambda d: rewrite_tar(d / "train" / "train-000000.tar",
                                                    _json_key("coco_zh_00002.json", "coco_zh_99999")),
                              {V.KEY_MISMATCH, V.CHECKSUM_MISMATCH, V.SIDECAR_MISMATCH},
                              "train-000000/coco_zh_00002"),
-    "missing_sidecar": (lambda d: (d / "train-000001.parquet").unlink(),
+    "missing_sidecar": (lambda d: (d / "train" / "train-000001.parquet").unlink(),
                         {V.SIDECAR_MISSING, V.FILE_MISSING}, "train-000001"),
-    "sidecar_disagrees": (lambda d: rewrite_sidecar(d / "train-000000.parquet", _change_caption),
+    "sidecar_disagrees": (lambda d: rewrite_sidecar(d / "train" / "train-000000.parquet", _change_caption),
                           {V.SIDECAR_MISMATCH, V.CHECKSUM_MISMATCH}, "train-000000/coco_zh_00002"),
-    "missing_tar": (lambda d: (d / "val-000000.tar").unlink(), {V.FILE_MISSING}, "val-000000.tar"),
-    "checksum_only": (lambda d: _set_manifest_sha(d, "val-000000.tar"), {V.CHECKSUM_MISMATCH},
+    "missing_tar": (lambda d: (d / "val" / "val-000000.tar").unlink(), {V.FILE_MISSING}, "val-000000.tar"),
+    "checksum_only": (lambda d: _set_manifest_sha(d, "val/val-000000.tar"), {V.CHECKSUM_MISMATCH},
                       "val-000000.tar"),
     "manifest_missing": (lambda d: (d / "manifest.json").unlink(), {V.MANIFEST_MISSING}, "manifest.json"),
     "manifest_unreadable": (lambda d: (d / "manifest.json").write_text("{not json"), {V.MANIFEST_UNREADABLE},
@@ -320,7 +320,7 @@ def test_other_commands_exit_nonzero_on_damage_with_a_clear_line(damaged, tmp_pa
     assert rc == 1
     assert "problem(s) while reading" in err and "Traceback" not in err
     named = {"truncated_tar": "damaged or truncated", "non_utf8_caption": "caption is not UTF-8",
-             "tar_cut_at_member_boundary": (lambda d: _cut_at_member_boundary(d / "train-000000.tar", 6),
+             "tar_cut_at_member_boundary": (lambda d: _cut_at_member_boundary(d / "train" / "train-000000.tar", 6),
                                    {V.TAR_DAMAGED, V.CHECKSUM_MISMATCH, V.COUNT_MISMATCH, V.SIDECAR_MISMATCH},
                                    "train-000000.tar"),
     "sample_without_caption": "train-000000/wukong_00001: sample without caption", "image_undecodable": "image does not decode",
@@ -377,7 +377,7 @@ def test_bad_input_paths_give_one_line_and_exit_2(tmp_path, capsys, command):
 
 
 def test_console_script_prints_no_traceback_on_damage(damaged):
-    truncate(damaged / "train-000000.tar", 0.3)
+    truncate(damaged / "train" / "train-000000.tar", 0.3)
     proc = subprocess.run([sys.executable, "-m", "zhclip.pipeline.cli", "shards", "head", str(damaged), "-n", "50"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1

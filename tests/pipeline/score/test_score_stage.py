@@ -59,7 +59,8 @@ def _cfg(out: Path, **score):
 
 
 def _dataset_files(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((out / SH.DATASET_DIR).iterdir())}
+    folder = out / SH.DATASET_DIR
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +202,7 @@ def test_rerun_with_other_sizes_leaves_no_stale_shards(tmp_path):
     report = run_score(config_from_dict({"output": str(tmp_path), "score": {"backend": "precomputed"},
                                          "shards": {"samples_per_shard": 50, "val_fraction": 0}}), [])
     assert sorted(report["removed_stale_files"]) == [
-        f"train-{i:06d}.{e}" for i in (1, 2, 3) for e in ("parquet", "tar")]
+        f"train/train-{i:06d}.{e}" for i in (1, 2, 3) for e in ("parquet", "tar")]
     assert SH.verify_dataset(str(tmp_path / SH.DATASET_DIR)) == []
 
 

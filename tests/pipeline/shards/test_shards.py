@@ -36,18 +36,20 @@ def test_shard_writer_layout_roundtrip(tmp_path):
             w.write(s)
     infos = w.written
     assert [i.samples for i in infos] == [4, 4, 2]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
+    assert [p.name for p in tmp_path.iterdir()] == ["train"]  # one folder per split
+    assert sorted(p.name for p in (tmp_path / "train").iterdir()) == [
         f"train-{i:06d}.{e}" for i in range(3) for e in ("parquet", "tar")]
-    with tarfile.open(tmp_path / "train-000000.tar") as tar:
+    assert [f.name for f in infos[0].files] == ["train/train-000000.tar", "train/train-000000.parquet"]
+    with tarfile.open(tmp_path / "train" / "train-000000.tar") as tar:
         members = tar.getmembers()
     assert [m.name for m in members[:3]] == ["wukong_0000.jpg", "wukong_0000.txt", "wukong_0000.json"]
     assert {(m.mtime, m.uid, m.gid, m.uname, m.mode) for m in members} == {(0, 0, 0, "", 0o644)}
 
-    back = list(SH.iter_shard(str(tmp_path / "train-000000.tar")))
+    back = list(SH.iter_shard(str(tmp_path / "train" / "train-000000.tar")))
     assert [s.key for s in back] == [f"wukong_{i:04d}" for i in range(4)]
     assert back[1].caption == "图片说明1" and back[1].image == make_jpeg(1)
     assert set(json.loads(json.dumps(back[1].meta))) == set(SH.JSON_FIELDS) | {S.CAPTION}
-    table = pq.read_table(tmp_path / "train-000000.parquet")
+    table = pq.read_table(tmp_path / "train" / "train-000000.parquet")
     assert table.schema.equals(S.DATASET_SCHEMA)
     assert table.column(S.KEY).to_pylist() == [s.key for s in back]
     assert table.column(S.SHA256).to_pylist() == [hashlib.sha256(s.image).hexdigest() for s in back]
@@ -56,9 +58,9 @@ def test_shard_writer_layout_roundtrip(tmp_path):
 def test_same_samples_give_identical_bytes(tmp_path):
     for name in ("a", "b"):
         SH.write_shard(str(tmp_path / name), "train", 0, _samples(5))
-    assert _tree_bytes(tmp_path / "a") == _tree_bytes(tmp_path / "b")
+    assert _tree_bytes(tmp_path / "a" / "train") == _tree_bytes(tmp_path / "b" / "train")
     # No temporary file is left behind.
-    assert not [p for p in (tmp_path / "a").iterdir() if p.name.startswith(".tmp")]
+    assert not [p for p in (tmp_path / "a" / "train").iterdir() if p.name.startswith(".tmp")]
 
 
 def test_keys_with_dots_and_slashes_survive_webdataset(tmp_path):
@@ -67,7 +69,7 @@ def test_keys_with_dots_and_slashes_survive_webdataset(tmp_path):
     sample = _samples(1)[0]
     sample.key = "mine_a.b/c%d"
     SH.write_shard(str(tmp_path), "val", 0, [sample])
-    got = list(wds.WebDataset(str(tmp_path / "val-000000.tar"), shardshuffle=False))
+    got = list(wds.WebDataset(str(tmp_path / "val" / "val-000000.tar"), shardshuffle=False))
     assert len(got) == 1 and set(got[0]) >= {"jpg", "txt", "json"}
     assert json.loads(got[0]["json"])[S.KEY] == "mine_a.b/c%d"
     assert SH.key_from_member_stem(got[0]["__key__"]) == "mine_a.b/c%d"
@@ -84,14 +86,17 @@ def test_manifest_checksums_verify_and_catch_damage(tmp_path):
     assert manifest["versions"]["pyarrow"]
     assert SH.verify_dataset(str(tmp_path)) == []
 
-    tar = tmp_path / "train-000001.tar"
+    tar = tmp_path / "train" / "train-000001.tar"
     data = bytearray(tar.read_bytes())
     data[700] ^= 0xFF
     tar.write_bytes(bytes(data))
-    (tmp_path / "val-000009.parquet").write_bytes(b"stray")
+    (tmp_path / "val").mkdir()
+    (tmp_path / "val" / "val-000009.parquet").write_bytes(b"stray")
+    (tmp_path / "train-000007.tar").write_bytes(b"stray, flat")
     problems = SH.verify_dataset(str(tmp_path))
-    assert any("train-000001.tar: checksum mismatch" in p for p in problems)
-    assert any("val-000009.parquet: not in the manifest" in p for p in problems)
+    assert any("train/train-000001.tar: checksum mismatch" in p for p in problems)
+    assert any("val/val-000009.parquet: not in the manifest" in p for p in problems)
+    assert any("train-000007.tar: not in the manifest" in p for p in problems)
 
 
 def test_split_for_key_is_stable_and_near_the_fraction():
