@@ -64,7 +64,9 @@ setup(
     extras_require={
         "train": ["tensorboard"],
         "dataflow": ["apache-beam[gcp]==2.77.0"],
-        "dev": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "ruff>=0.6", "import-linter==2.16"],
+        "dev": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "ruff>=0.6", "import-linter==2.16",
+                "cn-clip==1.6.0",
+                ],
     },
     entry_points={"console_scripts": ["zhclip=zhclip.pipeline.cli:main"]},
 )

@@ -96,9 +96,10 @@ def write_shape_dataset(dataset: Path, n_train: int = 512, n_val: int = 48,
 
 
 def write_tiny_image_tower(folder: Path, name: str = "Tiny-ViT", cfg: dict | None = None,
-                           image_size: int | None = None, seed: int = 0) -> dict[str, str]:
+                           image_size: int | None = None, seed: int = 0,
+                           logit_scale: float | None = None) -> dict[str, str]:
     """The package's tiny open_clip tower (training.tiny), under the tests' name."""
-    return tiny.write_tiny_image_tower(folder, name, cfg, image_size, seed)
+    return tiny.write_tiny_image_tower(folder, name, cfg, image_size, seed, logit_scale)
 
 
 def write_tiny_bert(folder: Path, seed: int = 0, dropout: float = 0.1) -> Path:
