@@ -10,6 +10,7 @@ in the train transform, and stage 2 starting from the best stage-1 weights.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -222,3 +223,35 @@ def test_train_transform_applies_auto_augment_when_enabled(world, tmp_path):
     off = _trainer(world, tmp_path / "noaa", data={"auto_augment": False})
     assert not any(isinstance(s, T.AutoAugment) for s in off.train_tf.transforms)
     assert not any(isinstance(s, T.AutoAugment) for s in on.eval_tf.transforms)
+
+
+# ---- evaluation under several ranks -----------------------------------------------------
+
+
+def test_other_ranks_wait_for_an_evaluation_longer_than_the_group_timeout(tmp_path):
+    """Rank 0 evaluates for 6 s; the process group times out after 2 s; rank 1 must
+    receive the metrics, not die in the broadcast."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "res"
+    procs = []
+    for rank in (0, 1):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank),
+               "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "zhclip.training.fixtures", "slow-eval", str(out), "6", "2"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    for rank in (0, 1):
+        res = json.loads(Path(f"{out}.{rank}").read_text())
+        assert res["got"] == {"mean_recall": 42.0}
+    assert json.loads(Path(f"{out}.1").read_text())["waited"] > 5  # it really waited
