@@ -51,7 +51,7 @@ def main(args: argparse.Namespace, beam_args: list[str]) -> int:
     if not config.train:
         raise UsageError("the config has no train: section (see configs/chinese_clip.yaml)")
     cfg = train_config(config)
-    runtime = setup_runtime(cfg.device, cfg.precision)
+    runtime = setup_runtime(cfg.device, cfg.precision, cfg.eval_timeout_s)
     try:
         result = train(cfg, runtime, args.resume)
     except TrainingError as err:

@@ -74,6 +74,8 @@ class DataConfig(_Strict):
     shuffle_buffer: int = Field(1000, ge=0)
     workers: int = Field(4, ge=0)
     image_size: int | None = Field(None, ge=8)  # default: the image tower's size
+    # the corpus's image resolution (short side); default: measured from the train sidecars
+    resolution: int | None = Field(None, ge=1)
     crop_scale: tuple[float, float] = (0.9, 1.0)
     auto_augment: bool = True
     val_max_samples: int | None = Field(None, ge=1)
@@ -86,7 +88,7 @@ class TrainConfig(_Strict):
     image: ImageTowerConfig | None = None
     text: TextTowerConfig | None = None
     tokenizer: str | None = None  # vocab.txt, folder or hub name; default text.model
-    context_length: int = Field(50, ge=4)
+    context_length: int = Field(52, ge=4)  # Chinese-CLIP's: 50 characters + [CLS]/[SEP]
     data: DataConfig = Field(default_factory=DataConfig)
     stage1: StageConfig = Field(default_factory=lambda: StageConfig(steps=1000))
     stage2: StageConfig = Field(default_factory=lambda: StageConfig(steps=1000))
@@ -97,6 +99,7 @@ class TrainConfig(_Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: str = "auto"
     grad_checkpointing: bool = False
+    allow_upscale: bool = False  # train a model whose input is larger than the corpus's images
     accum_steps: int = Field(1, ge=1)
     grad_clip: float | None = Field(None, gt=0)
     local_loss: bool = False
@@ -105,6 +108,7 @@ class TrainConfig(_Strict):
     eval_every: int = Field(500, ge=1)
     eval_at_start: bool = False  # evaluate the initial model too (a baseline to compare against)
     eval_batch_size: int = Field(256, ge=1)
+    eval_timeout_s: int = Field(4 * 3600, ge=1)  # how long the other ranks wait for rank 0's evaluation
     eval_chunk: int = Field(4096, ge=1)
     save_every: int = Field(1000, ge=1)
     keep_checkpoints: int = Field(3, ge=1)

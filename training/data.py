@@ -82,6 +82,45 @@ def check_shard_count(shards: list[Shard], workers: int, world_size: int, resamp
         )
 
 
+# ---- corpus resolution ---------------------------------------------------------
+
+RESOLUTION_SIDECARS = 8  # sidecars read to measure a corpus (metadata only, no pixels)
+
+
+def corpus_resolution(dataset: str | None, max_sidecars: int = RESOLUTION_SIDECARS) -> int | None:
+    """The median short side of the train images (their width/height columns), or
+    None when ``dataset`` is not a local zhclip dataset folder with sidecars."""
+    from zhclip.pipeline.shards import format as SH
+
+    if dataset is None or "://" in dataset or not Path(dataset).is_dir():
+        return None
+    try:
+        sidecars = SH.list_dataset_shards(dataset, "train", ext="parquet")[:max_sidecars]
+    except FileNotFoundError:
+        return None
+    sides: list[int] = []
+    for uri in sidecars:
+        table = SH.read_shard_table(uri)
+        sides += [min(w, h) for w, h in zip(table.column("width").to_pylist(),
+                                           table.column("height").to_pylist(), strict=True)
+                  if w and h]
+    if not sides:
+        return None
+    sides.sort()
+    return sides[len(sides) // 2]
+
+
+def check_resolution(model_size: int, data_size: int | None, allow_upscale: bool) -> None:
+    """A model larger than its images trains on upscaled pixels: an error unless forced."""
+    if data_size is None or data_size >= model_size or allow_upscale:
+        return
+    raise ValueError(
+        f"the image tower takes {model_size}px images but the corpus's are {data_size}px "
+        f"(median short side): training would upscale every image. Download at "
+        f"{model_size} (download.image_size) and rescore, or set train.allow_upscale: true"
+    )
+
+
 # ---- transforms -----------------------------------------------------------------
 
 

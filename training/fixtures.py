@@ -96,9 +96,10 @@ def write_shape_dataset(dataset: Path, n_train: int = 512, n_val: int = 48,
 
 
 def write_tiny_image_tower(folder: Path, name: str = "Tiny-ViT", cfg: dict | None = None,
-                           image_size: int | None = None, seed: int = 0) -> dict[str, str]:
+                           image_size: int | None = None, seed: int = 0,
+                           logit_scale: float | None = None) -> dict[str, str]:
     """The package's tiny open_clip tower (training.tiny), under the tests' name."""
-    return tiny.write_tiny_image_tower(folder, name, cfg, image_size, seed)
+    return tiny.write_tiny_image_tower(folder, name, cfg, image_size, seed, logit_scale)
 
 
 def write_tiny_bert(folder: Path, seed: int = 0, dropout: float = 0.1) -> Path:
@@ -162,8 +163,32 @@ def ddp_grads_worker(config_json: str, batch_file: str, out_file: str, local_los
     teardown_runtime(rt)
 
 
+def slow_eval_worker(out_file: str, eval_s: str, group_timeout_s: str) -> None:
+    """Under torchrun-style env vars: rank 0 "evaluates" for ``eval_s`` seconds, longer
+    than the process group's ``group_timeout_s``; every rank records what it received."""
+    import time
+
+    import torch.distributed as dist
+    from zhclip.training.runtime import broadcast_from_main, setup_runtime, teardown_runtime
+
+    rt = setup_runtime("cpu", "fp32", eval_timeout_s=120, timeout_s=float(group_timeout_s))
+
+    def evaluation() -> dict[str, float]:
+        time.sleep(float(eval_s))
+        return {"mean_recall": 42.0}
+
+    t0 = time.perf_counter()
+    got = broadcast_from_main(rt, evaluation)
+    waited = time.perf_counter() - t0
+    dist.barrier()  # the process group is still usable afterwards
+    Path(f"{out_file}.{rt.rank}").write_text(json.dumps({"got": got, "waited": waited}))
+    teardown_runtime(rt)
+
+
 if __name__ == "__main__":
     import sys
 
     if sys.argv[1] == "ddp-grads":
         ddp_grads_worker(*sys.argv[2:6])
+    elif sys.argv[1] == "slow-eval":
+        slow_eval_worker(*sys.argv[2:5])

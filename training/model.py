@@ -17,6 +17,8 @@ import copy
 import json
 import logging
 import math
+import os
+import zipfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,10 +147,51 @@ def _has_quick_gelu(module: nn.Module) -> bool:
     return any(isinstance(m, open_clip.transformer.QuickGELU) for m in module.modules())
 
 
+def is_torchscript_archive(path: str) -> bool:
+    """OpenAI's published ``.pt`` files are TorchScript zip archives (``constants.pkl``
+    inside), which ``torch.load(weights_only=True)`` refuses; they need ``torch.jit.load``."""
+    if not os.path.isfile(path) or not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.endswith("/constants.pkl") or n == "constants.pkl" for n in zf.namelist())
+
+
+def read_torchscript_clip(path: str) -> dict[str, torch.Tensor]:
+    """The state dict of a TorchScript CLIP archive, on the CPU, in float32."""
+    try:
+        module = torch.jit.load(path, map_location="cpu")
+    except RuntimeError as err:
+        raise ConfigError(f"train.image.pretrained {path!r}: not a loadable TorchScript archive "
+                          f"({str(err).splitlines()[0]})") from None
+    return {k: v.float() if v.is_floating_point() else v for k, v in module.state_dict().items()}
+
+
+def _visual_from_clip_state(visual: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
+    """Load the ``visual.*`` weights of a full CLIP state dict into an open_clip tower."""
+    sub = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
+    if not sub:
+        raise ConfigError(f"train.image.pretrained {path!r}: no visual.* weights in the archive")
+    missing, unexpected = visual.load_state_dict(sub, strict=False)
+    if missing or unexpected:
+        raise ConfigError(
+            f"train.image.pretrained {path!r} does not fit train.image.model: missing "
+            f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+
+
+def _logit_scale_of(value: torch.Tensor | None) -> float:
+    """The initialising CLIP's temperature (ln 100 for OpenAI's), else CLIP's ln(1/0.07)."""
+    if value is None:
+        return LOGIT_SCALE_INIT
+    scale = float(value.detach().float().reshape(-1)[0])
+    return scale if math.isfinite(scale) else LOGIT_SCALE_INIT
+
+
 def build_image_tower(image: ImageTowerConfig) -> tuple[nn.Module, dict[str, Any]]:
     """Build (and load, if ``pretrained``) an open_clip vision tower.
 
-    Returns the tower and its spec: the open_clip model config it was built from.
+    Returns the tower and its spec: the open_clip model config it was built
+    from, plus ``logit_scale``, the pretrained CLIP's temperature (Chinese-CLIP
+    restores it with the image weights) or ln(1/0.07) without one.
     """
     _register_config_file(image)
     model_cfg = open_clip.get_model_config(image.model)
@@ -161,7 +204,15 @@ def build_image_tower(image: ImageTowerConfig) -> tuple[nn.Module, dict[str, Any
     quick_gelu = bool(image.quick_gelu) if image.quick_gelu is not None else bool(
         model_cfg.get("quick_gelu", False)
     )
-    if image.pretrained:
+    scale = None
+    if image.pretrained and is_torchscript_archive(image.pretrained):
+        visual = open_clip.model._build_vision_tower(
+            model_cfg["embed_dim"], model_cfg["vision_cfg"], quick_gelu=quick_gelu)
+        state = read_torchscript_clip(image.pretrained)
+        _visual_from_clip_state(visual, state, image.pretrained)
+        scale = state.get("logit_scale")
+        log.info("image tower from TorchScript archive %s", image.pretrained)
+    elif image.pretrained:
         try:
             clip = open_clip.create_model(
                 image.model, pretrained=image.pretrained, force_quick_gelu=quick_gelu
@@ -169,6 +220,7 @@ def build_image_tower(image: ImageTowerConfig) -> tuple[nn.Module, dict[str, Any
         except RuntimeError as err:
             raise ConfigError(f"train.image.pretrained {image.pretrained!r}: {err}") from None
         visual = clip.visual
+        scale = getattr(clip, "logit_scale", None)
         del clip
     else:
         visual = open_clip.model._build_vision_tower(
@@ -179,6 +231,7 @@ def build_image_tower(image: ImageTowerConfig) -> tuple[nn.Module, dict[str, Any
         "embed_dim": model_cfg["embed_dim"],
         "vision_cfg": model_cfg["vision_cfg"],
         "quick_gelu": _has_quick_gelu(visual) or quick_gelu,
+        "logit_scale": _logit_scale_of(scale),
     }
     return visual, spec
 
@@ -227,11 +280,12 @@ def load_bert(text: TextTowerConfig) -> BertModel:
 class ChineseCLIP(nn.Module):
     """Image tower + text tower + learnable temperature."""
 
-    def __init__(self, image: nn.Module, text: TextTower, spec: dict[str, Any]):
+    def __init__(self, image: nn.Module, text: TextTower, spec: dict[str, Any],
+                 logit_scale: float = LOGIT_SCALE_INIT):
         super().__init__()
         self.image = image
         self.text = text
-        self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))
+        self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale)))
         self.spec = spec
         self.image_locked = False
 
@@ -315,7 +369,9 @@ def build_model(cfg: TrainConfig) -> ChineseCLIP:
             f"{bert.config.max_position_embeddings} positions"
         )
     spec = _spec(image_spec, bert, cfg.context_length)
-    return ChineseCLIP(visual, TextTower(bert, spec["embed_dim"]), spec)
+    scale = image_spec["logit_scale"]
+    log.info("logit scale starts at %.4f (temperature %.2f)", scale, math.exp(scale))
+    return ChineseCLIP(visual, TextTower(bert, spec["embed_dim"]), spec, scale)
 
 
 def model_from_spec(spec: dict[str, Any]) -> ChineseCLIP:

@@ -9,11 +9,17 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from zhclip.pipeline.core.config import ConfigError
 from zhclip.pipeline.core.devices import resolve_device
+
+# How long the other ranks may wait while rank 0 evaluates (a benchmark at
+# ViT-H scale takes longer than the process group's default 10-30 minutes).
+EVAL_TIMEOUT_S = 4 * 3600
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -25,6 +31,8 @@ class Runtime:
     local_rank: int = 0
     world_size: int = 1
     precision: str = "fp32"
+    # a gloo group with a long timeout, for waiting on rank 0's evaluation
+    wait_group: Any = None
 
     @property
     def distributed(self) -> bool:
@@ -56,8 +64,15 @@ def _pick_precision(requested: str, device: torch.device) -> str:
     return requested
 
 
-def setup_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
-    """Join the torchrun process group if there is one, and pick device and precision."""
+def setup_runtime(device: str = "auto", precision: str = "auto",
+                  eval_timeout_s: float = EVAL_TIMEOUT_S,
+                  timeout_s: float | None = None) -> Runtime:
+    """Join the torchrun process group if there is one, and pick device and precision.
+
+    ``timeout_s`` is the process group's own timeout (None: torch's default);
+    ``eval_timeout_s`` the wait group's, which only carries rank 0's evaluation
+    result, so the other ranks can wait for it without tripping the first.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -65,10 +80,25 @@ def setup_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        kw = {"timeout": timedelta(seconds=timeout_s)} if timeout_s else {}
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", **kw)
+    wait_group = None
     if dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
-    return Runtime(dev, rank, local_rank, world, _pick_precision(precision, dev))
+        wait_group = dist.new_group(backend="gloo", timeout=timedelta(seconds=eval_timeout_s))
+    return Runtime(dev, rank, local_rank, world, _pick_precision(precision, dev), wait_group)
+
+
+def broadcast_from_main(runtime: Runtime, fn: Any) -> Any:
+    """``fn()`` on rank 0, its (picklable) result on every rank.
+
+    The others wait on the wait group, whose timeout is the evaluation's, not
+    the process group's: a long evaluation does not kill the job.
+    """
+    result = [fn() if runtime.is_main else None]
+    if runtime.distributed:
+        dist.broadcast_object_list(result, src=0, group=runtime.wait_group)
+    return result[0]
 
 
 def teardown_runtime(runtime: Runtime) -> None:

@@ -40,18 +40,17 @@ def write_vocab(path: Path, captions: Iterable[str]) -> Path:
     return path
 
 
-def write_tiny_image_tower(folder: Path, name: str = "zhclip-Tiny-ViT", cfg: dict | None = None,
-                           image_size: int | None = None, seed: int = 0) -> dict[str, str]:
-    """Register a tiny open_clip config and save a full CLIP checkpoint of it.
-
-    Returns the ``train.image`` mapping that loads it (config_file + pretrained).
-    """
+def _tiny_clip(folder: Path, name: str, cfg: dict | None, image_size: int | None, seed: int,
+               logit_scale: float | None, quick_gelu: bool = False) -> tuple[Any, Path]:
+    """A registered tiny open_clip CLIP (random weights) and its config file."""
     import open_clip
     import torch
 
     cfg = json.loads(json.dumps(cfg or TINY_VIT))
     if image_size:
         cfg["vision_cfg"]["image_size"] = image_size
+    if quick_gelu:
+        cfg["quick_gelu"] = True
     folder.mkdir(parents=True, exist_ok=True)
     cfg_file = folder / f"{name}.json"
     cfg_file.write_text(json.dumps(cfg), encoding="utf-8")
@@ -64,9 +63,44 @@ def write_tiny_image_tower(folder: Path, name: str = "zhclip-Tiny-ViT", cfg: dic
         clip = open_clip.create_model(name)
     finally:
         root.setLevel(level)
+    if logit_scale is not None:
+        with torch.no_grad():
+            clip.logit_scale.fill_(logit_scale)
+    return clip, cfg_file
+
+
+def write_tiny_image_tower(folder: Path, name: str = "zhclip-Tiny-ViT", cfg: dict | None = None,
+                           image_size: int | None = None, seed: int = 0,
+                           logit_scale: float | None = None) -> dict[str, str]:
+    """Register a tiny open_clip config and save a full CLIP checkpoint of it.
+
+    ``logit_scale`` sets the checkpoint's temperature (default: CLIP's ln(1/0.07)).
+    Returns the ``train.image`` mapping that loads it (config_file + pretrained).
+    """
+    import torch
+
+    clip, cfg_file = _tiny_clip(folder, name, cfg, image_size, seed, logit_scale)
     weights = folder / f"{name}.pt"
     torch.save(clip.state_dict(), weights)
     return {"model": name, "config_file": str(cfg_file), "pretrained": str(weights)}
+
+
+def write_tiny_openai_archive(folder: Path, name: str = "zhclip-Tiny-OpenAI", cfg: dict | None = None,
+                              seed: int = 0, logit_scale: float = 4.6052) -> dict[str, str]:
+    """A tiny CLIP saved the way OpenAI published theirs: a scripted (TorchScript)
+    QuickGELU model in float16, whose state-dict names are OpenAI's (open_clip
+    kept them). ``logit_scale`` defaults to OpenAI's ln 100."""
+    import torch
+
+    clip, cfg_file = _tiny_clip(folder, name, cfg, None, seed, logit_scale, quick_gelu=True)
+    # OpenAI's CLIP builds its causal mask in a function, so their state dict has no
+    # attn_mask: keep open_clip's as a plain attribute, out of the state dict
+    mask = clip._buffers.pop("attn_mask", None)
+    if mask is not None:
+        clip.attn_mask = mask
+    archive = folder / f"{name}.pt"
+    torch.jit.script(clip.eval().half()).save(str(archive))
+    return {"model": name, "config_file": str(cfg_file), "pretrained": str(archive)}
 
 
 def write_tiny_bert(folder: Path, captions: Iterable[str], seed: int = 0, dropout: float = 0.1,

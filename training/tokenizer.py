@@ -2,8 +2,11 @@
 
 Chinese RoBERTa-wwm uses BERT's WordPiece vocabulary (21128 entries) where
 every CJK character is its own token. Captions become ``[CLS] ... [SEP]``
-padded to ``context_length`` (50 in the paper), which is also what the text
-tower's [CLS] pooling expects.
+padded to ``context_length``: 52 by default, Chinese-CLIP's, so a caption of
+50 characters keeps all of them after [CLS] and [SEP]. Captions are
+normalised first as Chinese-CLIP's data loaders do (lower case, Chinese curly
+double quotes to ``"``): the BERT vocabulary has no entry for the curly
+quotes, so without this they become [UNK].
 """
 
 from __future__ import annotations
@@ -14,11 +17,20 @@ from pathlib import Path
 import torch
 from transformers import BertTokenizerFast, PreTrainedTokenizerBase
 
+DEFAULT_CONTEXT_LENGTH = 52
+# Chinese-CLIP (cn_clip/training/data.py, cn_clip/eval/data.py, _preprocess_text)
+QUOTE_MAP = str.maketrans({"\u201c": '"', "\u201d": '"'})
+
+
+def normalise_caption(text: str) -> str:
+    """Lower case and curly double quotes to ASCII, as Chinese-CLIP feeds its tokenizer."""
+    return text.lower().translate(QUOTE_MAP)
+
 
 class CaptionTokenizer:
     """Callable: list of captions -> (input_ids, attention_mask), both [N, L]."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, context_length: int = 50):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, context_length: int = DEFAULT_CONTEXT_LENGTH):
         self.tokenizer = tokenizer
         self.context_length = context_length
 
@@ -30,7 +42,7 @@ class CaptionTokenizer:
         if isinstance(captions, str):
             captions = [captions]
         enc = self.tokenizer(
-            list(captions),
+            [normalise_caption(c) for c in captions],
             max_length=self.context_length,
             padding="max_length",
             truncation=True,
@@ -44,7 +56,7 @@ class CaptionTokenizer:
         return [tok for tok, _ in items]
 
 
-def load_tokenizer(source: str, context_length: int = 50) -> CaptionTokenizer:
+def load_tokenizer(source: str, context_length: int = DEFAULT_CONTEXT_LENGTH) -> CaptionTokenizer:
     """Load from a ``vocab.txt`` file, a folder holding one, or a hub name."""
     p = Path(source)
     if p.is_file():

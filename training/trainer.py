@@ -29,6 +29,8 @@ from zhclip.training.convert import read_init_weights
 from zhclip.training.data import (
     DataPosition,
     StreamSpec,
+    check_resolution,
+    corpus_resolution,
     eval_loader,
     eval_transform,
     list_shards,
@@ -41,10 +43,13 @@ from zhclip.training.loss import ContrastiveLoss
 from zhclip.training.metrics_log import MetricsLog
 from zhclip.training.model import ChineseCLIP, build_model, load_weights, resolve_towers
 from zhclip.training.optim import make_optimizer, make_scheduler
-from zhclip.training.runtime import Runtime
+from zhclip.training.runtime import Runtime, broadcast_from_main
 from zhclip.training.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
+
+
+BEST_STAGE1 = "best_stage1.pt"  # the stage-1 weights with the best evaluation, under output
 
 
 class TrainingError(RuntimeError):
@@ -58,6 +63,7 @@ class TrainState:
     stage_step: int = 0
     stage_started: bool = False  # whether the checkpoint was taken inside the stage
     best_recall: float = -1.0
+    best_step: int | None = None  # stage-1 step of best_recall, whose weights are BEST_STAGE1
     evals_without_gain: int = 0
     skipped_steps: int = 0
     switched_at: int | None = None  # global step at which stage 2 began
@@ -118,6 +124,11 @@ class Trainer:
 
         spec = self.model.spec
         size = cfg.data.image_size or spec["image_size"]
+        data_size = cfg.data.resolution or corpus_resolution(cfg.data.path)
+        try:
+            check_resolution(size, data_size, cfg.allow_upscale)
+        except ValueError as err:
+            raise TrainingError(str(err)) from None
         self.train_tf = train_transform(size, spec["mean"], spec["std"], cfg.data.crop_scale,
                                         cfg.data.auto_augment)
         self.eval_tf = eval_transform(size, spec["mean"], spec["std"])
@@ -236,12 +247,46 @@ class Trainer:
         if index == 1:
             self.state.switched_at = self.state.step
             log.info("stage 1 done at step %d; stage 2 trains every weight", self.state.step)
+        if self.last_eval is None or self.last_eval.get("step") != self.state.step:
+            metrics = self._evaluate(index)
+            if index == 1 and metrics is not None:
+                self._track_best(metrics)
+        if index == 1:
+            self._restore_best_stage1()
         self.state.stage = index + 1
         self.state.stage_step = 0
         self.state.stage_started = False
-        if self.last_eval is None or self.last_eval.get("step") != self.state.step:
-            self._evaluate(index)
         self._save()
+
+    def _track_best(self, metrics: dict[str, float]) -> bool:
+        """Record a stage-1 evaluation; on a gain of more than plateau_delta, keep its
+        weights (rank 0 writes BEST_STAGE1). Returns whether it was such a gain."""
+        st = self.state
+        if metrics["mean_recall"] <= st.best_recall + self.stages[1].plateau_delta:
+            return False
+        st.best_recall, st.best_step = metrics["mean_recall"], st.step
+        if self.rt.is_main:
+            ckpt.atomic_save({"step": st.step, "mean_recall": st.best_recall,
+                              "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()}},
+                             self.out / BEST_STAGE1)
+        return True
+
+    def _restore_best_stage1(self) -> None:
+        """Stage 2 starts from the best stage-1 weights, not the last ones, and says which."""
+        st = self.state
+        if st.best_step is None:
+            log.info("stage 2 starts from the stage-1 weights of step %d (no evaluation to "
+                     "choose a better one)", st.step)
+            return
+        if st.best_step == st.step:
+            log.info("stage 2 starts from step %d, the best stage-1 checkpoint (mean recall "
+                     "%.2f)", st.step, st.best_recall)
+            return
+        self.rt.barrier()  # rank 0 has written the file
+        best = torch.load(self.out / BEST_STAGE1, map_location="cpu", weights_only=True)
+        load_weights(self.model, best["model"])
+        log.info("stage 2 resumes from the best stage-1 checkpoint: step %d (mean recall %.2f), "
+                 "not the last stage-1 step %d", st.best_step, st.best_recall, st.step)
 
     # ---- one step ---------------------------------------------------------------
 
@@ -354,38 +399,41 @@ class Trainer:
         return switch
 
     def _plateaued(self, metrics: dict[str, float]) -> bool:
-        stage = self.stages[1]
-        if stage.plateau_patience is None:
-            return False
-        st = self.state
-        if metrics["mean_recall"] > st.best_recall + stage.plateau_delta:
-            st.best_recall, st.evals_without_gain = metrics["mean_recall"], 0
+        stage, st = self.stages[1], self.state
+        if self._track_best(metrics):
+            st.evals_without_gain = 0
         else:
             st.evals_without_gain += 1
+        if stage.plateau_patience is None:
+            return False
         if st.evals_without_gain >= stage.plateau_patience:
             log.info("stage 1 plateaued at step %d (best mean recall %.2f)", st.step, st.best_recall)
             return True
         return False
 
     def _evaluate(self, index: int) -> dict[str, float] | None:
-        """Rank 0 evaluates on the val split; every rank receives the numbers."""
+        """Rank 0 evaluates on the val split; every rank receives the numbers.
+
+        The others wait under the runtime's evaluation timeout (train.eval_timeout_s),
+        not the process group's, so a long evaluation does not stall them into an error.
+        """
         if not self.val_shards:
             return None
-        result: list[Any] = [None]
-        if self.rt.is_main:
+
+        def run_eval() -> dict[str, float]:
             loader = eval_loader(self.val_shards, self.eval_tf, self.tokenizer,
                                  self.cfg.eval_batch_size, self.cfg.data.workers,
                                  self.cfg.data.val_max_samples)
             metrics = evaluate(self.model, loader, self.rt.device, self.cfg.eval_chunk,
                                self.rt.autocast() if self.rt.precision != "fp32" else None)
-            result[0] = metrics
             self.metrics.log_eval(self.state.step, index, metrics)
             log.info("step %d stage %d: %s", self.state.step, index,
                      {k: round(v, 2) for k, v in metrics.items()})
-        if self.rt.distributed:
-            dist.broadcast_object_list(result, src=0)
-        self.last_eval = {**result[0], "step": self.state.step}
-        return result[0]
+            return metrics
+
+        metrics = broadcast_from_main(self.rt, run_eval)
+        self.last_eval = {**metrics, "step": self.state.step}
+        return metrics
 
     def _gather(self, obj: Any) -> list[Any]:
         if not self.rt.distributed:

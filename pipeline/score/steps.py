@@ -125,6 +125,17 @@ def histogram(scores: list[float]) -> list[int]:
     return counts.astype(int).tolist()
 
 
+def split_key(sample: SH.DownloadedSample) -> str:
+    """What the train/val split is drawn by: the image (its URL), not the caption.
+
+    COCO, Visual Genome and LAION give one image several captions, each its own
+    sample; hashing the sample key would put some of them in train and the rest in
+    val, so val would test on images the model trained on. A sample without a URL
+    falls back to its key.
+    """
+    return sample.url or sample.key
+
+
 def kept_record(p: PreparedSample, score: float | None, val_fraction: float) -> dict[str, Any]:
     """A sample that passed every per-sample rule, as it travels to the writer."""
     s = p.sample
@@ -140,7 +151,7 @@ def kept_record(p: PreparedSample, score: float | None, val_fraction: float) -> 
         S.SHA256: p.sha256,
         PHASH: p.phash,
         IMAGE: p.jpeg,
-        S.SPLIT: SH.split_for_key(s.key, val_fraction),
+        S.SPLIT: SH.split_for_key(split_key(s), val_fraction),
     }
 
 

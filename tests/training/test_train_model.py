@@ -39,7 +39,8 @@ def towers(tmp_path_factory):
     root = tmp_path_factory.mktemp("towers")
     return {
         "root": root,
-        "vit": write_tiny_image_tower(root / "vit", name="Tiny-ViT-m"),
+        # a temperature that is not CLIP's fresh ln(1/0.07), so loading it is visible
+        "vit": write_tiny_image_tower(root / "vit", name="Tiny-ViT-m", logit_scale=math.log(30.0)),
         "rn": write_tiny_image_tower(root / "rn", name="Tiny-RN-m", cfg=TINY_RN),
         "bert": write_tiny_bert(root / "bert"),
     }
@@ -64,7 +65,7 @@ def test_towers_load_weights_from_disk(towers):
                        bert.embeddings.word_embeddings.weight)
     assert model.text.bert.pooler is None  # pooler discarded
     assert model.text.proj.weight.shape == (32, 32)
-    assert model.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
+    assert model.logit_scale.item() == pytest.approx(math.log(30.0))  # the checkpoint's
     assert "Tiny-ViT-m" in open_clip.list_models()
 
 

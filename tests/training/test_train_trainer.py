@@ -101,7 +101,7 @@ def test_continuing_at_higher_resolution_interpolates_pos_embed(trained, world, 
     out, _ = trained
     big = write_tiny_image_tower(tmp_path / "big", name="Tiny-ViT-t48", image_size=48)
     cfg = _cfg(world, tmp_path / "t48", image={**big, "pretrained": None},
-               init_from=str(out / "export.pt"),
+               init_from=str(out / "export.pt"), allow_upscale=True,  # 48 px model, 40 px corpus
                stage1={"steps": 0}, stage2={"steps": 2, "batch_size": 16, "lr": 1e-6, "warmup": 0})
     result = train(cfg, _rt())
     # the 6x6-grid model starts from the 4x4 one and still retrieves well at 48 px
