@@ -118,7 +118,8 @@ class ReadSources(beam.DoFn):
         for b in read_source_file(src, path):
             bar.update(b.rows_in)
             self._rows_in.inc(b.rows_in)
-            yield beam.pvalue.TaggedOutput(COUNTS, R.counts(name, rows_in=b.rows_in, reasons=b.skipped))
+            yield beam.pvalue.TaggedOutput(COUNTS, R.counts(name, rows_in=b.rows_in, reasons=b.skipped,
+                                                                  unknown=b.unknown))
             if b.rejects.num_rows:
                 yield beam.pvalue.TaggedOutput(REJECTS, b.rejects)
             if b.rows.num_rows:
