@@ -55,11 +55,16 @@ def _tar_name(name: str) -> str:
     return name if name.endswith(".tar") else f"{name}.tar"
 
 
-def list_shards(dataset: str | None, split: str, pattern: str | None = None) -> list[Shard]:
-    """The shards of ``split``: from a brace pattern, else manifest.json, else a glob.
+def list_shards(dataset: str | None, split: str, pattern: str | None = None,
+                allow_glob: bool = False) -> list[Shard]:
+    """The shards of ``split``: from a brace pattern, else manifest.json (else a glob if allowed).
 
     ``pattern`` may be ``train-{000000..000099}.tar`` (relative to ``dataset``),
-    an absolute pattern or URL, or several joined by ``::``.
+    an absolute pattern or URL, or several joined by ``::``. Without a pattern
+    the manifest is the truth: a folder without one may hold a killed or stale
+    run, so globbing its tars needs ``allow_glob`` (``train.data.glob``), and a
+    shard the manifest lists but the folder lacks is an error, not a smaller
+    epoch.
     """
     if pattern:
         urls = []
@@ -78,13 +83,25 @@ def list_shards(dataset: str | None, split: str, pattern: str | None = None) -> 
     if data is not None:
         shards = [Shard(_join(dataset, _tar_name(s["name"])), s.get("samples"))
                   for s in data.get("shards", []) if s.get("split") == split]
-    elif "://" not in dataset and Path(dataset).is_dir():
+        _check_listed_shards_exist(manifest, shards)
+    elif allow_glob and "://" not in dataset and Path(dataset).is_dir():
         shards = [Shard(str(p)) for p in sorted(Path(dataset).glob(f"{split}-*.tar"))]
     else:
-        raise FileNotFoundError(f"{manifest} not found; run `zhclip score` first or set train.data.{split}")
+        raise FileNotFoundError(
+            f"{manifest} not found; run `zhclip score` first, set train.data.{split} to a shard "
+            "pattern, or set train.data.glob: true to read the folder's tars without a manifest")
     if not shards:
         raise FileNotFoundError(f"no {split!r} shards in {dataset} (manifest or {split}-*.tar)")
     return shards
+
+
+def _check_listed_shards_exist(manifest: str, shards: list[Shard]) -> None:
+    fs, _ = fsspec.core.url_to_fs(manifest)
+    missing = [s.url for s in shards if not fs.exists(s.url)]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise FileNotFoundError(f"{manifest} lists {len(missing)} shard(s) that are missing: "
+                                f"{', '.join(missing[:3])}{more}; rerun `zhclip score`")
 
 
 def check_shard_count(shards: list[Shard], workers: int, world_size: int, resampled: bool) -> None:
