@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.parquet as pq
 import pytest
 from zhclip.pipeline.core import reasons as RS
@@ -191,6 +192,9 @@ def test_job_finishes_balanced_over_every_crashing_file(tmp_path):
     pq.write_table(_laion_table(20, SAMPLE_ID=pa.array(range(100, 120))), data / "groups.parquet",
                    row_group_size=10, compression="none")
     _corrupt_row_group(data / "groups.parquet", 0)
+    # Three rows under SAMPLE_ID 7 with different URLs (a fourth, good file repeats id 0 too).
+    dup_urls = ["http://dup.example.com/c.jpg", "http://dup.example.com/a.jpg", "http://dup.example.com/b.jpg"]
+    pq.write_table(_laion_table(3, SAMPLE_ID=pa.array([7, 7, 7]), URL=dup_urls), data / "dup_ids.parquet")
     (tmp_path / "deep.json").write_text('{"annotations": ' + "[" * 100_000 + "]" * 100_000 + "}")
     cfg = config_from_dict({
         "output": str(tmp_path / "out"),
@@ -199,8 +203,15 @@ def test_job_finishes_balanced_over_every_crashing_file(tmp_path):
     })
     report = run_metadata(cfg, [])
     laion = report["sources"]["laion_zh"]
-    assert laion["rows_in"] == 4 + 3 + 2 + 20 and laion["balanced"] is True
+    assert laion["rows_in"] == 4 + 3 + 2 + 20 + 3 and laion["balanced"] is True
     assert laion["reasons"][RS.REASON_MALFORMED_FILE] == 3 + 2 + 10
-    assert laion["kept"] == 4 + 10
+    assert laion["reasons"][RS.REASON_DUPLICATE_KEY] == 2
+    assert laion["kept"] == 4 + 10 + 1
+    shards = pa.concat_tables([pq.read_table(f) for f in sorted((tmp_path / "out" / "metadata").glob("*.parquet"))])
+    keys = shards.column(S.KEY).to_pylist()
+    assert len(keys) == len(set(keys))
+    # the winner is the smallest URL, whatever the file order
+    assert shards.filter(pa.compute.equal(shards.column(S.KEY), "laion_zh_7")).column(S.URL).to_pylist() \
+        == ["http://dup.example.com/a.jpg"]
     assert report["sources"]["coco_zh"]["reasons"] == {RS.REASON_MALFORMED_FILE: 1}
     assert report["total"]["balanced"] is True
