@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zhclip.pipeline.core import paths
-from zhclip.pipeline.inspect.escape import markdown_text
+from zhclip.pipeline.inspect.escape import markdown_text, terminal_safe
 from zhclip.pipeline.shards import reader as src
 
 REPORT_DIR = "report"
@@ -257,7 +257,9 @@ def summary_markdown(out: str, steps: list[FunnelStep], reasons: list[StageReaso
         lines.append("No stage reports found under report/.")
     for r in reasons:
         lines += ["", f"### {r.stage}: {r.rejected} rejected", ""]
-        lines += [f"- {md(reason)}: {n}" for reason, n in r.reasons.items()] or ["- (none)"]
+        # A code span shows HTML as text; only a backtick could end it early.
+        lines += [f"- `{terminal_safe(reason).replace('`', chr(39))}`: {n}"
+                  for reason, n in r.reasons.items()] or ["- (none)"]
     lines += ["", "## Shards", ""]
     if stats:
         cap, sc = stats["caption_length"], stats["score"]

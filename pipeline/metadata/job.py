@@ -360,7 +360,8 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, files: list[tuple[str, str]]) 
         from zhclip.pipeline.metadata.translate import TranslateCaptions
 
         steps.append(TranslateCaptions(translate_cfgs))
-    steps += [ApplyRulesFn(RuleSet.from_config(cfg.filters)), SpillByUrl(out, n_buckets, caption_sources)]
+    file_sources = tuple(s.name for s in cfg.sources if s.image_root)
+    steps += [ApplyRulesFn(RuleSet.from_config(cfg.filters, file_sources)), SpillByUrl(out, n_buckets, caption_sources)]
 
     read = (
         p

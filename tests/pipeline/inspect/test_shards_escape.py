@@ -39,9 +39,10 @@ def test_head_and_show_print_no_raw_control_characters(tmp_path, capsys):
 def test_summary_markdown_escapes_html_from_source_names_and_notes():
     evil = '<img src=x onerror="alert(1)">'
     steps = [FunnelStep("metadata", "rows in", 3, {evil: 2, "a|b": 1})]
-    md = summary_markdown("runs/<x>", steps, [StageReasons("metadata", 1, {evil: 1})], None, None,
-                          [f"note {evil}"])
+    md = summary_markdown("runs/<x>", steps, [StageReasons("metadata", 1, {"blacklist:ad:`<b>": 1})],
+                          None, None, [f"note {evil}"])
     assert "<img" not in md and "&lt;img src=x" in md
+    assert "- `blacklist:ad:'<b>`: 1" in md  # a code span shows HTML as text; no backtick ends it
     header, rule = (line for line in md.splitlines() if line.startswith("| stage") or line.startswith("|---"))
     assert len(re.split(r"(?<!\\)\|", header)) == len(rule.split("|"))  # a|b did not open a column
     page = summary_html(md)

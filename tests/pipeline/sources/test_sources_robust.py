@@ -215,3 +215,18 @@ def test_job_finishes_balanced_over_every_crashing_file(tmp_path):
         == ["http://dup.example.com/a.jpg"]
     assert report["sources"]["coco_zh"]["reasons"] == {RS.REASON_MALFORMED_FILE: 1}
     assert report["total"]["balanced"] is True
+
+
+def test_file_urls_are_allowed_per_source_not_globally():
+    from zhclip.filters.rules import RuleSet, apply_rules
+    from zhclip.pipeline.sources.common import rows_table
+
+    laion = rows_table("laion_zh", {S.SOURCE_ID: ["1", "2"], S.URL: ["file:///etc/passwd.jpg",
+                                                                     "http://a.example.com/x.jpg"],
+                                    S.CAPTION: [CAPS[0], CAPS[1]]})
+    coco = rows_table("coco_zh", {S.SOURCE_ID: ["3"], S.URL: ["file:///data/coco/a.jpg"], S.CAPTION: [CAPS[2]]})
+    rules = RuleSet(schemes=("http", "https", "file"), file_sources=("coco_zh",))
+    kept, rejects = apply_rules(pa.concat_tables([laion, coco]), rules)
+    assert sorted(kept.column(S.KEY).to_pylist()) == ["coco_zh_3", "laion_zh_2"]
+    assert rejects.column(S.KEY).to_pylist() == ["laion_zh_1"]
+    assert rejects.column(S.REASON).to_pylist() == [RS.REASON_INVALID_URL]
