@@ -116,6 +116,19 @@ class UrlFilterConfig(_Strict):
     allow_networks: list[str] = Field(default_factory=list)
     """Private/loopback networks allowed anyway, e.g. [127.0.0.0/8] for tests."""
 
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks_parse(cls, value: list[str]) -> list[str]:
+        """A bad entry is a config error naming it, before any stage starts (not a traceback)."""
+        import ipaddress
+
+        for text in value:
+            try:
+                ipaddress.ip_network(text.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{text!r} is not a network; write it like 127.0.0.0/8 or 10.1.2.3/32") from None
+        return value
+
 
 class FiltersConfig(_Strict):
     caption: CaptionFilterConfig = Field(default_factory=CaptionFilterConfig)

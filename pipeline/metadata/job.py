@@ -408,9 +408,11 @@ def run_metadata(cfg: Config, beam_args: list[str] | None = None) -> dict[str, A
     paths.makedirs(cfg.output)
     clear_outputs(cfg.output)
     started = time.time()
-    with beam.Pipeline(options=pipeline_options(beam_args or [])) as p:
-        build_pipeline(p, cfg, files)
-    remove_spill(cfg.output, "metadata")
+    try:
+        with beam.Pipeline(options=pipeline_options(beam_args or [])) as p:
+            build_pipeline(p, cfg, files)
+    finally:
+        remove_spill(cfg.output, "metadata")  # a failed run (full disk) leaves no spill behind
     report_path = paths.join(cfg.output, REPORT_DIR, "metadata.json")
     if not paths.exists(report_path):
         # No rows at all reached the counts (empty inputs): still write a report.
