@@ -113,3 +113,36 @@ def dedup_by_url(
         schema=S.REJECT_SCHEMA,
     )
     return kept, rejects
+
+
+def dedup_by_key(table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """Keep one row per key (the smallest URL, then caption); the others are ``duplicate_key``.
+
+    Keys are source + source id, and a source may repeat an id (two LAION
+    rows with one SAMPLE_ID and different URLs): every later stage joins on
+    the key, so two rows under one key would collide there. The winner
+    depends only on the rows, not their order, so reruns agree.
+    """
+    if table.num_rows == 0:
+        return table, S.empty_reject_table()
+    table = table.combine_chunks()
+    keys = table.column(S.KEY)
+    shared = pl.Series(keys).is_duplicated().to_numpy()
+    if not shared.any():
+        return table, S.empty_reject_table()
+    keep = ~shared
+    idx = np.flatnonzero(shared)
+    sub = table.take(pa.array(idx)).select([S.KEY, S.URL, S.CAPTION])
+    order = pc.sort_indices(sub, sort_keys=[(S.KEY, "ascending"), (S.URL, "ascending"),
+                                            (S.CAPTION, "ascending")]).to_numpy()
+    k_sorted = sub.column(S.KEY).take(pa.array(order)).combine_chunks()
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = ~pc.fill_null(pc.equal(k_sorted.slice(1), k_sorted.slice(0, len(order) - 1)),
+                              False).to_numpy(zero_copy_only=False)
+    keep[idx[order[first]]] = True
+    kept = table.filter(pa.array(keep))
+    losers = table.filter(pa.array(~keep))
+    rejects = RS.reject_table(losers.column(S.KEY), losers.column(S.SOURCE), losers.column(S.URL),
+                              losers.column(S.CAPTION), [RS.REASON_DUPLICATE_KEY] * losers.num_rows,
+                              stage="metadata")
+    return kept, rejects

@@ -31,15 +31,18 @@ class RuleSet:
     require_chinese: bool = True
     max_kana_share: float = 0.2
     min_text_share: float = 0.5
+    file_sources: tuple[str, ...] = ()
+    """Sources whose rows may carry file:// URLs (those with image_root); others' are invalid_url."""
     _matcher: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         parse_networks(self.allow_networks)  # fail early on a bad network
 
     @classmethod
-    def from_config(cls, filters_cfg) -> RuleSet:
+    def from_config(cls, filters_cfg, file_sources: tuple[str, ...] = ()) -> RuleSet:
         c = filters_cfg
         return cls(
+            file_sources=tuple(file_sources),
             min_chars=c.caption.min_chars,
             max_chars=c.caption.max_chars,
             traditional_to_simplified=c.caption.traditional_to_simplified,
@@ -110,6 +113,7 @@ def apply_rules(table: pa.Table, rules: RuleSet) -> tuple[pa.Table, pa.Table]:
     table = table.set_column(idx, S.CAPTION, caption)
     # URL, length and the Chinese-text check are cheap on every row: one split for all.
     checks = [
+        _file_url_reasons(table, rules.file_sources),
         url_reasons(table.column(S.URL), rules.schemes, rules.allow_networks),
         caption_length_reasons(caption, rules.min_chars, rules.max_chars),
     ]
@@ -128,3 +132,18 @@ def apply_rules(table: pa.Table, rules: RuleSet) -> tuple[pa.Table, pa.Table]:
         table, rej = _split(table, reasons, matched)
         rejects.append(rej)
     return table, pa.concat_tables(rejects)
+
+
+def _file_url_reasons(table: pa.Table, file_sources: tuple[str, ...]) -> pa.Array:
+    """``invalid_url`` for a file:// URL from a source not allowed local files, else null.
+
+    Allowing the file scheme for a COCO folder must not let a LAION row name
+    file:///etc/passwd: local paths are only trusted where zhclip built them.
+    """
+    from zhclip.pipeline.core.reasons import REASON_INVALID_URL
+
+    urls = table.column(S.URL)
+    is_file = pc.fill_null(pc.starts_with(pc.utf8_lower(pc.utf8_trim_whitespace(urls)), "file:"), False)
+    allowed = pc.is_in(table.column(S.SOURCE), value_set=pa.array(list(file_sources), pa.string()))
+    bad = pc.and_(is_file, pc.invert(pc.fill_null(allowed, False)))
+    return pc.if_else(bad, pa.scalar(REASON_INVALID_URL, pa.string()), pa.scalar(None, pa.string()))

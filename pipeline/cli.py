@@ -9,8 +9,10 @@ Beam's PipelineOptions untouched (``--runner DataflowRunner --project ...``).
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
+import os
 import re
 import sys
 
@@ -96,8 +98,39 @@ def missing_extra_message(command: str, err: ImportError) -> str:
     return f"zhclip {command}: needs {missing}, which this install lacks{fix}"
 
 
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+_ERRNO_IN_TEXT = re.compile(r"\[Errno (\d+)\]", re.IGNORECASE)
+_WHILE_RUNNING = re.compile(r"\[while running '([^']+)'\]")
+
+
+class _DropDiskErrorTraceback(logging.Filter):
+    """Beam logs a failing step's traceback before re-raising; a full disk is told in one line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        m = _ERRNO_IN_TEXT.search(record.getMessage())
+        return not (m and int(m.group(1)) in _DISK_ERRNOS)
+
+
+def disk_error_line(err: BaseException) -> str | None:
+    """One line for a full disk, a quota, a read-only or too-large output; None for other errors."""
+    code = err.errno if isinstance(err, OSError) else None
+    text = str(err)
+    if code is None:
+        m = _ERRNO_IN_TEXT.search(text)
+        code = int(m.group(1)) if m else None
+    if code not in _DISK_ERRNOS:
+        return None
+    where = getattr(err, "filename", None)
+    detail = os.strerror(code) + (f" writing {where}" if where else "")
+    if not where:
+        m = _WHILE_RUNNING.search(text)
+        detail += f" (in step {m.group(1)})" if m else ""
+    return f"{detail}; free space or set output: to another folder, then rerun (finished shards are kept)"
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.getLogger().addFilter(_DropBeamImportNoise())
+    logging.getLogger("apache_beam.runners.common").addFilter(_DropDiskErrorTraceback())
     argv = sys.argv[1:] if argv is None else argv
     selected = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(selected)
@@ -119,6 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"zhclip {args.command}: interrupted", file=sys.stderr)
         return 130
+    except (OSError, RuntimeError) as err:
+        # Beam re-raises a worker's OSError as RuntimeError("OSError: [Errno 28] ...").
+        line = disk_error_line(err)
+        if line is None:
+            raise
+        print(f"zhclip {args.command}: error: {line}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -70,6 +70,7 @@ class DataConfig(_Strict):
     path: str | None = None  # folder with manifest.json; default OUT/dataset
     train: str | None = None  # brace pattern or list file overriding the manifest
     val: str | None = None
+    glob: bool = False  # no manifest.json: read {split}-*.tar found in path (off: a folder may be stale)
     resampled: bool = False
     shuffle_buffer: int = Field(1000, ge=0)
     workers: int = Field(4, ge=0)

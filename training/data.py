@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import torch
 import webdataset as wds
 from PIL import Image
@@ -48,11 +49,16 @@ def _join(root: str, name: str) -> str:
     return f"{root.rstrip('/')}/{name}" if "://" in root else str(Path(root) / name)
 
 
-def list_shards(dataset: str | None, split: str, pattern: str | None = None) -> list[Shard]:
-    """The shards of ``split``: from a brace pattern, else manifest.json, else a glob.
+def list_shards(dataset: str | None, split: str, pattern: str | None = None,
+                allow_glob: bool = False) -> list[Shard]:
+    """The shards of ``split``: from a brace pattern, else manifest.json (else the files if allowed).
 
     ``pattern`` may be ``train/train-{000000..000099}.tar`` (relative to ``dataset``),
-    an absolute pattern or URL, or several joined by ``::``.
+    an absolute pattern or URL, or several joined by ``::``. Without a pattern
+    the manifest is the truth: a folder without one may hold a killed or stale
+    run, so reading its tars needs ``allow_glob`` (``train.data.glob``), and a
+    shard the manifest lists but the folder lacks is an error, not a smaller
+    epoch.
     """
     if pattern:
         urls = []
@@ -62,13 +68,30 @@ def list_shards(dataset: str | None, split: str, pattern: str | None = None) -> 
         return [Shard(u) for u in urls]
     if dataset is None:
         raise FileNotFoundError("no dataset folder: set train.data.path or the config's output")
+    manifest = _join(dataset, SH.MANIFEST_NAME)
+    has_manifest = fsspec.core.url_to_fs(manifest)[0].exists(manifest)
+    if not has_manifest and not allow_glob:
+        raise FileNotFoundError(
+            f"{manifest} not found; run `zhclip score` first, set train.data.{split} to a shard "
+            "pattern, or set train.data.glob: true to read the folder's tars without a manifest")
     # The one shard lister of the package (pipeline.shards.format): manifest.json
     # first, else the files on disk; split folders and the first, flat layout.
     shards = [Shard(s.tar, s.samples) for s in SH.dataset_shards(dataset, split)]
+    if has_manifest:
+        _check_listed_shards_exist(manifest, shards)
     if not shards:
         raise FileNotFoundError(f"no {split!r} shards in {dataset} (manifest.json, {split}/{split}-*.tar "
                                 f"or {split}-*.tar); run `zhclip score` first or set train.data.{split}")
     return shards
+
+
+def _check_listed_shards_exist(manifest: str, shards: list[Shard]) -> None:
+    fs, _ = fsspec.core.url_to_fs(manifest)
+    missing = [s.url for s in shards if not fs.exists(s.url)]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise FileNotFoundError(f"{manifest} lists {len(missing)} shard(s) that are missing: "
+                                f"{', '.join(missing[:3])}{more}; rerun `zhclip score`")
 
 
 def check_shard_count(shards: list[Shard], workers: int, world_size: int, resampled: bool) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from zhclip.training.checkpoint import CHECKPOINT_FORMAT, atomic_save
+from zhclip.training.checkpoint import CHECKPOINT_FORMAT, atomic_save, safe_load
 from zhclip.training.data import eval_transform
 from zhclip.training.model import ChineseCLIP, load_weights, model_from_spec
 from zhclip.training.tokenizer import CaptionTokenizer, tokenizer_from_vocab
@@ -39,7 +39,7 @@ def read_weights_file(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"no zhclip export or checkpoint at {path}")
-    data = torch.load(p, map_location="cpu", weights_only=False)
+    data = safe_load(p)  # weights_only: an init_from or export file never runs code
     fmt = data.get("format") if isinstance(data, dict) else None
     if fmt == CHECKPOINT_FORMAT:
         data = {**data, "state_dict": data["model"]}

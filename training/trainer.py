@@ -132,9 +132,9 @@ class Trainer:
         self.train_tf = train_transform(size, spec["mean"], spec["std"], cfg.data.crop_scale,
                                         cfg.data.auto_augment)
         self.eval_tf = eval_transform(size, spec["mean"], spec["std"])
-        self.train_shards = list_shards(cfg.data.path, "train", cfg.data.train)
+        self.train_shards = list_shards(cfg.data.path, "train", cfg.data.train, cfg.data.glob)
         try:
-            self.val_shards = list_shards(cfg.data.path, "val", cfg.data.val)
+            self.val_shards = list_shards(cfg.data.path, "val", cfg.data.val, cfg.data.glob)
         except FileNotFoundError as err:
             log.warning("no validation split (%s): evaluation and plateau switching are off", err)
             self.val_shards = []
@@ -475,7 +475,11 @@ def train(cfg: TrainConfig, runtime: Runtime, resume: str | None = None) -> dict
     """Run (or resume) two-stage training; returns the final step and evaluation."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     check_config(cfg)
-    resume_path = ckpt.resolve_resume(resume, Path(cfg.output or "train") / "checkpoints")
-    if resume == "latest" and resume_path is None:
-        log.info("--resume latest: no checkpoint yet, starting fresh")
-    return Trainer(cfg, runtime, resume_path).run()
+    try:
+        resume_path = ckpt.resolve_resume(resume, Path(cfg.output or "train") / "checkpoints")
+        if resume == "latest" and resume_path is None:
+            log.info("--resume latest: no checkpoint yet, starting fresh")
+        trainer = Trainer(cfg, runtime, resume_path)
+    except (ckpt.UnsafeCheckpoint, ckpt.DamagedCheckpoint) as err:
+        raise TrainingError(str(err)) from None
+    return trainer.run()

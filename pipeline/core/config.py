@@ -129,6 +129,19 @@ class UrlFilterConfig(_Strict):
     allow_networks: list[str] = Field(default_factory=list)
     """Private/loopback networks allowed anyway, e.g. [127.0.0.0/8] for tests."""
 
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks_parse(cls, value: list[str]) -> list[str]:
+        """A bad entry is a config error naming it, before any stage starts (not a traceback)."""
+        import ipaddress
+
+        for text in value:
+            try:
+                ipaddress.ip_network(text.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{text!r} is not a network; write it like 127.0.0.0/8 or 10.1.2.3/32") from None
+        return value
+
 
 class LanguageFilterConfig(_Strict):
     require_chinese: bool = True
@@ -300,6 +313,44 @@ def format_validation_error(err: ValidationError, origin: str, prefix: str = "")
     return "\n".join(lines)
 
 
+# A config is a page of settings. YAML aliases let a 1 KB file expand to
+# billions of nodes once anything walks it ("billion laughs"), and the
+# free-form train: section is walked whole; so the expanded size is bounded
+# before any value is built.
+MAX_CONFIG_BYTES = 4 << 20
+MAX_CONFIG_NODES = 200_000
+
+
+def _expanded_nodes(node: yaml.Node, memo: dict[int, int], depth: int = 0) -> int:
+    """How many nodes ``node`` stands for with every alias expanded (shared nodes counted each time)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    if depth > 200:
+        raise ConfigError("config nests deeper than 200 levels")
+    memo[id(node)] = 1  # a self-referencing alias counts once, not forever
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        total += sum(_expanded_nodes(child, memo, depth + 1) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        total += sum(_expanded_nodes(k, memo, depth + 1) + _expanded_nodes(v, memo, depth + 1)
+                     for k, v in node.value)
+    memo[id(node)] = total
+    return total
+
+
+def safe_yaml(text: str, origin: str) -> Any:
+    """``yaml.safe_load`` with the size of the result bounded (file bytes and expanded nodes)."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{origin}: {len(text)} bytes is more than a config may hold ({MAX_CONFIG_BYTES})")
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    if node is not None:
+        n = _expanded_nodes(node, {})
+        if n > MAX_CONFIG_NODES:
+            raise ConfigError(f"{origin}: expands to {n} values through YAML aliases (limit "
+                              f"{MAX_CONFIG_NODES}); write the values out instead of nesting aliases")
+    return yaml.safe_load(text)
+
+
 def apply_override(data: dict[str, Any], assignment: str) -> None:
     """Apply one ``dotted.key=value`` override in place; list items by index."""
     if "=" not in assignment:
@@ -308,7 +359,10 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     parts = dotted.strip().split(".")
     if not all(parts):
         raise ConfigError(f"--set {assignment!r}: empty key segment")
-    value = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = safe_yaml(raw, f"--set {dotted}") if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {dotted}: not a YAML value: {err}") from None
     node: Any = data
     for i, part in enumerate(parts[:-1]):
         if isinstance(node, list):
@@ -364,7 +418,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if not p.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        data = safe_yaml(p.read_text(encoding="utf-8"), f"config {path}") or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"config {path} is not valid YAML: {err}") from None
     if not isinstance(data, dict):

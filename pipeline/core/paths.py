@@ -136,9 +136,13 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
     fs, path = filesystem_for(uri)
     fs.create_dir(path.rpartition("/")[0], recursive=True)
     tmp = _tmp_name(path)
-    with fs.open_output_stream(tmp) as out:
-        out.write(data)
-    fs.move(tmp, path)
+    try:
+        with fs.open_output_stream(tmp) as out:
+            out.write(data)
+        fs.move(tmp, path)
+    except BaseException:
+        _remove_quietly(fs, tmp)  # a full disk must not leave half files behind
+        raise
 
 
 def write_parquet_atomic(table: pa.Table, uri: str) -> None:
@@ -150,5 +154,16 @@ def write_parquet_atomic(table: pa.Table, uri: str) -> None:
     fs, path = filesystem_for(uri)
     fs.create_dir(path.rpartition("/")[0], recursive=True)
     tmp = _tmp_name(path)
-    pq.write_table(table, tmp, filesystem=fs, compression="zstd")
-    fs.move(tmp, path)
+    try:
+        pq.write_table(table, tmp, filesystem=fs, compression="zstd")
+        fs.move(tmp, path)
+    except BaseException:
+        _remove_quietly(fs, tmp)
+        raise
+
+
+def _remove_quietly(fs, path: str) -> None:
+    try:
+        fs.delete_file(path)
+    except (OSError, FileNotFoundError):
+        pass

@@ -24,6 +24,8 @@ REASON_NOT_ZH = "not_zh"
 REASON_TEST_SPLIT = "test_split"
 REASON_MALFORMED_ROW = "malformed_row"
 REASON_MALFORMED_FILE = "malformed_file"
+# A caption (or URL) value that is not text: bytes that are not UTF-8, a struct, a list.
+REASON_INVALID_CAPTION = "invalid_caption"
 REASON_UNTRANSLATED = "untranslated"
 REASON_LOW_SIMILARITY = "low_similarity"
 REASON_DECODE_ERROR = "decode_error"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import sys
 import traceback
@@ -20,6 +19,7 @@ from typing import Any
 
 from zhclip.pipeline.core import paths
 from zhclip.pipeline.core import schema as S
+from zhclip.pipeline.inspect.escape import json_line, terminal_safe
 from zhclip.pipeline.shards import reader as src
 
 EXIT_OK, EXIT_DAMAGED, EXIT_BAD_INPUT = 0, 1, 2
@@ -81,7 +81,7 @@ def main(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def _fail(name: str, message: str, code: int) -> int:
-    print(f"zhclip shards {name}: error: {message}", file=sys.stderr)
+    print(f"zhclip shards {name}: error: {terminal_safe(message)}", file=sys.stderr)
     return code
 
 
@@ -99,12 +99,12 @@ def _finish(name: str, problems: list[str]) -> int:
     print(f"zhclip shards {name}: {len(problems)} problem(s) while reading "
           "(`zhclip shards verify` lists all):", file=sys.stderr)
     for line in src.cap_problems(problems):
-        print(f"  {line}", file=sys.stderr)
+        print(f"  {terminal_safe(line)}", file=sys.stderr)
     return EXIT_DAMAGED
 
 
 def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, ensure_ascii=False, indent=2))
+    print(json_line(obj, indent=2))
 
 
 # --- ls ---------------------------------------------------------------------------------------
@@ -189,17 +189,20 @@ def cmd_head(args: argparse.Namespace) -> int:
         rows.append(sample_summary(sample))
     if args.json:
         for r in rows:
-            print(json.dumps(r, ensure_ascii=False))
+            print(json_line(r))
     else:
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(title=f"{folder.uri}: first {len(rows)} samples")
         for col in ("key", "source", "score", "caption"):
             table.add_column(col, justify="right" if col == "score" else "left", overflow="fold")
         for r in rows:
             score = "" if r[S.SCORE] is None else f"{r[S.SCORE]:.4f}"
-            table.add_row(r[S.KEY], r[S.SOURCE], score, r[S.CAPTION] or "(no caption)")
+            cells = [r[S.KEY], r[S.SOURCE], score, r[S.CAPTION] or "(no caption)"]
+            # Text(), not str: rich would read "[bold]" in a caption as its own markup.
+            table.add_row(*(Text(terminal_safe(c)) for c in cells))
         Console(width=int(os.environ.get("COLUMNS", 120)), soft_wrap=False).print(table)
     return _finish("head", problems)
 
@@ -242,11 +245,11 @@ def cmd_show(args: argparse.Namespace) -> int:
     if sample is None:
         _finish("show", problems)
         return _fail("show", f"key {args.key!r} not found in {folder.uri}", EXIT_BAD_INPUT)
-    print(f"key:     {sample.key}")
-    print(f"shard:   {sample.shard}")
-    print(f"caption: {sample.caption if sample.caption is not None else '(no caption)'}")
+    print(f"key:     {terminal_safe(sample.key)}")
+    print(f"shard:   {terminal_safe(sample.shard)}")
+    print(f"caption: {terminal_safe(sample.caption) if sample.caption is not None else '(no caption)'}")
     print("metadata:")
-    print(json.dumps(sample.meta, ensure_ascii=False, indent=2, sort_keys=True))
+    print(json_line(sample.meta, indent=2, sort_keys=True, default=str))
     if args.out:
         if sample.image is None:
             problems.append(f"{sample.shard}/{sample.key}: no image member to write")

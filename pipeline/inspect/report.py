@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from zhclip.pipeline.core import paths
+from zhclip.pipeline.inspect.escape import markdown_text, terminal_safe
 from zhclip.pipeline.shards import reader as src
 
 REPORT_DIR = "report"
@@ -234,9 +236,10 @@ def _shards_stats(out: str, problems: list[str]) -> tuple[str | None, dict[str, 
 def summary_markdown(out: str, steps: list[FunnelStep], reasons: list[StageReasons],
                      shards_uri: str | None, stats: dict[str, Any] | None, notes: list[str]) -> str:
     sources = sorted({n for s in steps for n in s.by_source})
-    lines = [f"# zhclip report: {out}", "", "## Funnel", "", f"![funnel]({FUNNEL_PNG})", ""]
+    md = markdown_text  # source names, reasons and notes come from the data: never raw HTML
+    lines = [f"# zhclip report: {md(out)}", "", "## Funnel", "", f"![funnel]({FUNNEL_PNG})", ""]
     if steps:
-        lines.append("| stage | step | rows | % of first | " + " | ".join(sources) + " |")
+        lines.append("| stage | step | rows | % of first | " + " | ".join(md(n) for n in sources) + " |")
         lines.append("|---|---|---:|---:|" + "---:|" * len(sources))
         for s in steps:
             share = f"{100 * s.count / steps[0].count:.1f}" if steps[0].count else "-"
@@ -246,22 +249,32 @@ def summary_markdown(out: str, steps: list[FunnelStep], reasons: list[StageReaso
         lines.append("No stage reports found under report/.")
     for r in reasons:
         lines += ["", f"### {r.stage}: {r.rejected} rejected", ""]
-        lines += [f"- `{reason}`: {n}" for reason, n in r.reasons.items()] or ["- (none)"]
+        # A code span shows HTML as text; only a backtick could end it early.
+        lines += [f"- `{terminal_safe(reason).replace('`', chr(39))}`: {n}"
+                  for reason, n in r.reasons.items()] or ["- (none)"]
     lines += ["", "## Shards", ""]
     if stats:
         cap, sc = stats["caption_length"], stats["score"]
-        lines += [f"{stats['samples']} samples in {stats['shards']} shards ({shards_uri}).", "",
+        lines += [f"{stats['samples']} samples in {stats['shards']} shards ({md(shards_uri)}).", "",
                   f"![histograms]({HIST_PNG})", "",
                   "| source | samples |", "|---|---:|"]
-        lines += [f"| {k} | {n} |" for k, n in stats["by_source"].items()]
+        lines += [f"| {md(k)} | {n} |" for k, n in stats["by_source"].items()]
         lines += ["", f"- caption length: min {cap['min']}, max {cap['max']}, mean {cap['mean']}",
                   f"- score: mean {sc['mean']} ({sc['missing']} without score)",
                   f"- duplicate keys: {len(stats['duplicate_keys'])}"]
     else:
         lines.append("No dataset/ or downloads/ shards found.")
     if notes:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+        lines += ["", "## Notes", ""] + [f"- {md(n)}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+_CELL_SPLIT = re.compile(r"(?<!\\)\|")
+
+
+def _h(text: str) -> str:
+    """HTML of Markdown text that :func:`markdown_text` already escaped (never escaped twice)."""
+    return html.escape(html.unescape(text))
 
 
 def summary_html(markdown: str) -> str:
@@ -273,26 +286,26 @@ def summary_html(markdown: str) -> str:
         if not table:
             return
         head, rows = table[0], [r for r in table[2:]]
-        body.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>")
-        body.extend("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+        body.append("<table><tr>" + "".join(f"<th>{_h(c)}</th>" for c in head) + "</tr>")
+        body.extend("<tr>" + "".join(f"<td>{_h(c)}</td>" for c in r) + "</tr>" for r in rows)
         body.append("</table>")
         table.clear()
 
     for line in markdown.splitlines():
         if line.startswith("|"):
-            table.append([c.strip() for c in line.strip("|").split("|")])
+            table.append([c.strip().replace("\\|", "|") for c in _CELL_SPLIT.split(line.strip().strip("|"))])
             continue
         flush_table()
         if line.startswith("#"):
             level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
+            body.append(f"<h{level}>{_h(line[level:].strip())}</h{level}>")
         elif line.startswith("![") and "](" in line:
             alt, _, rest = line[2:].partition("](")
-            body.append(f'<img src="{html.escape(rest.rstrip(")"))}" alt="{html.escape(alt)}">')
+            body.append(f'<img src="{_h(rest.rstrip(")"))}" alt="{_h(alt)}">')
         elif line.startswith("- "):
-            body.append(f"<li>{html.escape(line[2:]).replace('`', '')}</li>")
+            body.append(f"<li>{_h(line[2:]).replace('`', '')}</li>")
         elif line.strip():
-            body.append(f"<p>{html.escape(line)}</p>")
+            body.append(f"<p>{_h(line)}</p>")
     flush_table()
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}img{max-width:100%}")

@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from tqdm import tqdm
-from zhclip.filters.dedup import dedup_by_url, partition_table, with_dedup_hash
+from zhclip.filters.dedup import dedup_by_key, dedup_by_url, partition_table, with_dedup_hash
 from zhclip.filters.rules import RuleSet, apply_rules
 from zhclip.pipeline.core import paths, stage_marker
 from zhclip.pipeline.core import report as R
@@ -122,7 +122,8 @@ class ReadSources(beam.DoFn):
         for b in read_source_file(src, path):
             bar.update(b.rows_in)
             self._rows_in.inc(b.rows_in)
-            yield beam.pvalue.TaggedOutput(COUNTS, R.counts(name, rows_in=b.rows_in, reasons=b.skipped))
+            yield beam.pvalue.TaggedOutput(COUNTS, R.counts(name, rows_in=b.rows_in, reasons=b.skipped,
+                                                                  unknown=b.unknown))
             if b.rejects.num_rows:
                 yield beam.pvalue.TaggedOutput(REJECTS, b.rejects)
             if b.rows.num_rows:
@@ -208,6 +209,38 @@ class DedupBucket(beam.DoFn):
         if rejects.num_rows:
             yield beam.pvalue.TaggedOutput(REJECTS, rejects)
         yield bucket, kept
+
+
+class SpillByKey(beam.DoFn):
+    """URL-deduplicated rows -> (key bucket, part file): every row of one key lands in one bucket.
+
+    URL buckets cannot see two rows that share a key but not a URL; this
+    second spill can, so keys leave stage 1 unique.
+    """
+
+    def __init__(self, out: str, n_buckets: int):
+        self._folder = spill_folder(out, "metadata", "keys")
+        self._n = n_buckets
+
+    def process(self, element: tuple[int, pa.Table]):
+        _, table = element
+        if table.num_rows == 0:
+            return
+        hashes = pl.from_arrow(table.column(S.KEY).combine_chunks()).hash(seed=11).to_numpy()
+        for bucket, part in partition_table(table, (hashes % np.uint64(self._n)).astype(np.int64)):
+            yield bucket, write_part(self._folder, part, f"{bucket:05d}")
+
+
+class DedupKeyBucket(beam.DoFn):
+    """All rows of one key bucket -> one row per key (``duplicate_key`` for the others)."""
+
+    def process(self, element: tuple[int, list[str]]):
+        bucket, part_paths = element
+        table = read_parts(part_paths)
+        kept, rejects = dedup_by_key(table)
+        if rejects.num_rows:
+            yield beam.pvalue.TaggedOutput(REJECTS, rejects)
+        yield bucket, kept.sort_by([(S.KEY, "ascending")])
 
 
 class WriteUrlShards(beam.DoFn):
@@ -338,7 +371,7 @@ class WriteReport(beam.PTransform):
 
 def build_pipeline(p: beam.Pipeline, cfg: Config, files: list[tuple[str, str]]) -> None:
     """files | ReadSources | TranslateCaptions | ApplyRules | SpillByUrl
-    -> GroupBucket | DedupBucket | WriteUrlShards; rejects of every step -> WriteRejects;
+    -> GroupBucket | DedupBucket | SpillByKey -> GroupKeyBucket | DedupKeyBucket | WriteUrlShards; rejects of every step -> WriteRejects;
     counts of every step -> WriteReport."""
     out = cfg.output
     cfg_dict = config_to_dict(cfg)
@@ -355,7 +388,9 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, files: list[tuple[str, str]]) 
     image_mode = frozenset(s.name for s in cfg.sources if s.kind == "visual_genome" and s.mode == "image")
     if image_mode:
         steps.append(JoinRegionsFn(image_mode, cfg.filters.caption.max_chars))
-    steps += [ApplyRulesFn(RuleSet.from_config(cfg.filters)), SpillByUrl(out, n_buckets, caption_sources)]
+    file_sources = tuple(s.name for s in cfg.sources if s.image_root)
+    steps += [ApplyRulesFn(RuleSet.from_config(cfg.filters, file_sources)),
+              SpillByUrl(out, n_buckets, caption_sources)]
 
     read = (
         p
@@ -364,15 +399,22 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, files: list[tuple[str, str]]) 
         | "ReadTranslateRulesSpill" >> beam.ParDo(Chain(steps, spill_rejects)).with_outputs(
             SPILLED_REJECTS, COUNTS, main="spilled")
     )
-    written = (
+    by_url = (
         read.spilled
         | "GroupBucket" >> beam.GroupByKey()
-        | "DedupAndWrite" >> beam.ParDo(Chain(
-            [DedupBucket(caption_sources), WriteUrlShards(out, cfg.metadata.rows_per_shard)],
+        | "DedupUrlsSpillKeys" >> beam.ParDo(Chain(
+            [DedupBucket(caption_sources), SpillByKey(out, n_buckets)],
+            spill_rejects)).with_outputs(SPILLED_REJECTS, main="spilled")
+    )
+    written = (
+        by_url.spilled
+        | "GroupKeyBucket" >> beam.GroupByKey()
+        | "DedupKeysAndWrite" >> beam.ParDo(Chain(
+            [DedupKeyBucket(), WriteUrlShards(out, cfg.metadata.rows_per_shard)],
             spill_rejects)).with_outputs(SPILLED_REJECTS, main="counts")
     )
     reject_counts = (
-        (read[SPILLED_REJECTS], written[SPILLED_REJECTS])
+        (read[SPILLED_REJECTS], by_url[SPILLED_REJECTS], written[SPILLED_REJECTS])
         | "AllRejects" >> beam.Flatten()
         | "WriteRejects" >> WriteRejectShards(out)
     )
@@ -408,9 +450,11 @@ def run_metadata(cfg: Config, beam_args: list[str] | None = None) -> dict[str, A
     stage_marker.mark_started(shard_folder)  # before any old shard is touched
     clear_outputs(cfg.output)
     started = time.time()
-    with beam.Pipeline(options=pipeline_options(beam_args or [])) as p:
-        build_pipeline(p, cfg, files)
-    remove_spill(cfg.output, "metadata")
+    try:
+        with beam.Pipeline(options=pipeline_options(beam_args or [])) as p:
+            build_pipeline(p, cfg, files)
+    finally:
+        remove_spill(cfg.output, "metadata")  # a failed run (full disk) leaves no spill behind
     commit_url_shards(shard_folder)
     report_path = paths.join(cfg.output, REPORT_DIR, "metadata.json")
     if not paths.exists(report_path):

@@ -551,6 +551,9 @@ def list_dataset_shards(folder: str, split: str | None = None, ext: str = "tar")
 def group_tar_members(stream: Any) -> Iterator[tuple[str, dict[str, bytes], str | None]]:
     """Yield (stem, {ext: bytes}, error) per consecutive sample of a tar stream.
 
+    A member whose extension the current group already has starts a new
+    group: two samples written back to back under one key stay two samples
+    (a duplicate key to report), never one silently merged.
     A tar cut short ends the iteration with the error of the last group, so
     the caller can tell "complete" from "truncated" without losing what was read.
     """
@@ -565,7 +568,7 @@ def group_tar_members(stream: Any) -> Iterator[tuple[str, dict[str, bytes], str 
                 stem, _, ext = base.partition(".")
                 f = tar.extractfile(info)
                 data = f.read() if f is not None else b""
-                if stem != current and current is not None:
+                if current is not None and (stem != current or ext.lower() in members):
                     yield current, members, None
                     members = {}
                 current = stem
@@ -587,6 +590,8 @@ def iter_shard(tar_uri: str) -> Iterator[ShardSample]:
             if error:
                 raise ValueError(f"{tar_uri}: damaged tar ({error})")
             meta = json.loads(members.get(S.MEMBER_JSON, b"{}").decode("utf-8"))
+            if not isinstance(meta, dict):
+                raise ValueError(f"{tar_uri}: sample {stem}: json member is not an object")
             key = meta.get(S.KEY) or key_from_member_stem(stem)
             caption = members.get(S.MEMBER_TEXT, b"").decode("utf-8")
             meta[S.CAPTION] = caption
@@ -730,13 +735,17 @@ def read_download_shard(shard: DownloadShard) -> DownloadShardContents:
     """
     notes: list[str] = []
     rows: dict[str, dict[str, Any]] = {}
+    copies: dict[str, int] = {}  # stem -> rows (or tar samples) sharing it, when more than one
     failed_stems: set[str] = set()
     if shard.parquet is not None:
         try:
             table = read_shard_table(shard.parquet)
             for row in table.to_pylist():
                 if row.get(I2D_STATUS, I2D_SUCCESS) == I2D_SUCCESS:
-                    rows[member_stem(str(row.get(I2D_KEY)))] = row
+                    stem = member_stem(str(row.get(I2D_KEY)))
+                    if stem in rows:
+                        copies[stem] = copies.get(stem, 1) + 1
+                    rows[stem] = row
                 else:
                     failed_stems.add(member_stem(str(row.get(I2D_KEY))))
         except Exception as err:  # unreadable sidecar: fall back on the json members
@@ -745,11 +754,13 @@ def read_download_shard(shard: DownloadShard) -> DownloadShardContents:
         notes.append(f"shard {shard.name}: parquet missing")
 
     members: dict[str, dict[str, bytes]] = {}
+    groups_per_stem: dict[str, int] = {}
     if shard.tar is not None:
         try:
             with paths.open_input(shard.tar) as f:
                 for stem, group, error in group_tar_members(f):
                     if stem:
+                        groups_per_stem[stem] = groups_per_stem.get(stem, 0) + 1
                         members.setdefault(stem, {}).update(group)
                     if error:
                         notes.append(f"{shard.tar}: tar cut short after {len(members)} samples ({error})")
@@ -759,6 +770,9 @@ def read_download_shard(shard: DownloadShard) -> DownloadShardContents:
     else:
         notes.append(f"shard {shard.name}: tar missing")
 
+    for stem, n in groups_per_stem.items():
+        if n > 1 and stem not in failed_stems:
+            copies[stem] = max(copies.get(stem, 1), n)
     samples: list[DownloadedSample] = []
     stray = failed_stems & set(members)
     if stray:
@@ -769,13 +783,22 @@ def read_download_shard(shard: DownloadShard) -> DownloadShardContents:
         if row is None:
             try:
                 row = json.loads(group[S.MEMBER_JSON].decode("utf-8"))
-            except (KeyError, ValueError):
+            except (KeyError, ValueError, RecursionError):
+                row = {}
+            if not isinstance(row, dict):  # a json member that is a list or a number
                 row = {}
         image = next((group[e] for e in IMAGE_EXTENSIONS if e in group), None)
         problem = None
         if image is None:
             problem = RS.REASON_MISSING_MEMBER
-        elif stem not in rows and S.MEMBER_JSON not in group:
+        elif stem not in rows and not row:
             problem = RS.REASON_MISSING_MEMBER  # no metadata at all for these pixels
+        if stem in copies:
+            # One key, several samples: which pairs belong together is unknowable,
+            # so every copy is rejected (and counted), none kept at random.
+            notes.append(f"shard {shard.name}: key {stem!r} appears {copies[stem]} times (all rejected)")
+            samples.extend(_download_sample(row, stem, image, group.get(S.MEMBER_TEXT),
+                                            RS.REASON_DUPLICATE_KEY) for _ in range(copies[stem]))
+            continue
         samples.append(_download_sample(row, stem, image, group.get(S.MEMBER_TEXT), problem))
     return DownloadShardContents(samples, len(failed_stems), notes)

@@ -22,6 +22,7 @@ from zhclip.pipeline.sources.common import (
     as_text,
     batch,
     file_reject,
+    local_image_url,
     make_key,
     rejects_for,
     rows_table,
@@ -34,7 +35,7 @@ _COCO_CN_ID = re.compile(r"^COCO_(train|val|test)(\d{4})_(\d+)#(\d+)$")
 
 def image_url(src: SourceConfig, file_name: str, coco_url: str | None, split: str | None) -> str | None:
     if src.image_root:
-        return "file://" + src.image_root.rstrip("/") + "/" + file_name
+        return local_image_url(src.image_root, file_name)
     if coco_url:
         return coco_url
     if split:
@@ -49,7 +50,7 @@ def read(src: SourceConfig, path: str) -> Iterator[SourceBatch]:
         return
     try:
         data = json.loads(paths.read_text(path))
-    except (ValueError, UnicodeDecodeError) as err:
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
         yield file_reject(src.name, path, RS.REASON_MALFORMED_FILE, f"not valid JSON: {err}")
         return
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
@@ -77,6 +78,8 @@ def _rows(src: SourceConfig, annotations: list, images: dict, holdout: frozenset
         reason = None
         if not ok or image_id is None or img is None:
             reason = RS.REASON_MALFORMED_ROW
+        elif url is None and src.image_root:
+            reason = RS.REASON_INVALID_URL  # file_name leaves image_root
         elif image_id in holdout:
             reason = RS.REASON_TEST_SPLIT
         if reason:

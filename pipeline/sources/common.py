@@ -37,10 +37,25 @@ class SourceBatch:
     rows: pa.Table
     rejects: pa.Table
     skipped: dict[str, int] = field(default_factory=dict)
+    unknown: int = 0
+    """Files that stopped partway at a point where the rest could not be counted."""
 
     @property
     def rows_in(self) -> int:
         return self.rows.num_rows + self.rejects.num_rows + sum(self.skipped.values())
+
+
+class PartialRead(Exception):
+    """A file failed after the reader knew how many rows it holds.
+
+    ``total_rows`` comes from the parquet footer: the caller subtracts the
+    rows already accounted and rejects exactly the rest.
+    """
+
+    def __init__(self, cause: BaseException, total_rows: int):
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
+        self.total_rows = total_rows
 
 
 def file_stem(path: str) -> str:
@@ -122,6 +137,21 @@ def as_float(value: Any) -> float | None:
         return None
 
 
+def local_image_url(root: str, name: str) -> str | None:
+    """``file://`` URL of ``name`` under ``root``, or None when it would leave the root.
+
+    File names come from the annotation file, which is input like any other:
+    ``../../etc/passwd``, an absolute path or a NUL byte must not reach a file
+    outside the image folder.
+    """
+    if not isinstance(name, str) or not name or "\x00" in name or "\\" in name:
+        return None
+    parts = PurePosixPath(name).parts
+    if name.startswith("/") or any(p in ("..", ".") for p in parts) or ":" in parts[0]:
+        return None
+    return "file://" + root.rstrip("/") + "/" + "/".join(parts)
+
+
 def rows_table(source: str, columns: dict[str, list | pa.Array]) -> pa.Table:
     """Build a stage-1 table for ``source`` from partial columns (others null).
 
@@ -166,6 +196,89 @@ def file_reject(source: str, path: str, reason: str, detail: str) -> SourceBatch
     """A whole file that cannot be read: one reject row naming the file and why."""
     return batch(rejects=rejects_for(source, [make_key(source, f"file:{path}")], reason,
                                      urls=[path], captions=[detail]))
+
+
+def text_column(arr: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
+    """Any Arrow column -> (string column, mask of values that are not text).
+
+    Strings pass; UTF-8 bytes are decoded (a binary TEXT column is common in
+    re-encoded dumps); numbers become their decimal text, as from JSON. Bytes
+    that are not UTF-8, and structs, lists or maps, are not captions: their
+    Python repr (``b'\\xff..'``, ``{'a': 1}``) must never be kept as one.
+    """
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    n = len(arr)
+    typ = arr.type
+    if pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_null(typ):
+        return arr.cast(pa.string()), pa.array([False] * n)
+    if pa.types.is_binary(typ) or pa.types.is_large_binary(typ) or pa.types.is_fixed_size_binary(typ):
+        text, bad = decode_utf8_column(arr.cast(pa.binary()))
+        mask = [False] * n
+        for i in bad:
+            mask[i] = True
+        return text, pa.array(mask)
+    if pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_decimal(typ):
+        return arr.cast(pa.string()), pa.array([False] * n)
+    if pa.types.is_dictionary(typ):
+        return text_column(arr.dictionary_decode())
+    # struct, list, map, bool, timestamps...: nothing a caption or URL can be.
+    return pa.nulls(n, pa.string()), pc.is_valid(arr)
+
+
+def split_invalid(table: pa.Table, bad: pa.Array, reason: str) -> tuple[pa.Table, pa.Table]:
+    """Rows of a stage-1 table where ``bad`` holds -> reject rows with ``reason``; the rest kept."""
+    if not pc.any(bad).as_py():
+        return table, S.empty_reject_table()
+    losers = table.filter(bad)
+    rejects = rejects_for(losers.column(S.SOURCE)[0].as_py() if losers.num_rows else "?",
+                          losers.column(S.KEY).to_pylist(), reason,
+                          urls=losers.column(S.URL).to_pylist())
+    return table.filter(pc.invert(bad)), rejects
+
+
+def parquet_row_groups(path: str) -> tuple[list[pads.ParquetFileFragment], int]:
+    """One fragment per row group of a parquet file, and the file's row count (footer only)."""
+    fs, inner = paths.filesystem_for(path)
+    dataset = pads.dataset(inner, filesystem=fs, format="parquet")
+    groups = [g for frag in dataset.get_fragments() for g in frag.split_by_row_group()]
+    total = sum(rg.num_rows for g in groups for rg in g.row_groups)
+    return groups, total
+
+
+def iter_row_groups(
+    groups: list[pads.ParquetFileFragment], columns: list[str], filter_expr=None, batch_rows: int = 65536
+) -> Iterator[tuple[pa.RecordBatch | None, int, str | None]]:
+    """Stream row groups one at a time.
+
+    Yields (batch, 0, None) per batch; after each group (None, n, None) with
+    the n rows the filter dropped, or (None, n, error) with the n rows of a
+    group that failed to decode and were not read. Scanning group by group
+    means a corrupt group fails alone: the groups around it are still read,
+    and every row is counted.
+    """
+    for index, group in enumerate(groups):
+        size = sum(rg.num_rows for rg in group.row_groups)
+        matched = 0
+        try:
+            for rb in group.to_batches(columns=columns, filter=filter_expr, batch_size=batch_rows,
+                                       batch_readahead=1, fragment_scan_options=STREAMING_SCAN):
+                matched += rb.num_rows
+                yield rb, 0, None
+        except (OSError, ValueError, pa.ArrowException) as err:
+            yield None, size - matched, f"row group {index}: {type(err).__name__}: {str(err)[:300]}"
+            continue
+        yield None, size - matched, None
+
+
+def group_failure(source: str, path: str, unread: int, error: str) -> SourceBatch:
+    """The unread rows of a corrupt row group: one reject row naming it, the others counted."""
+    if unread <= 0:
+        return batch()
+    failed = file_reject(source, path + "#" + error.split(":", 1)[0], RS.REASON_MALFORMED_FILE, error)
+    if unread > 1:
+        failed.skipped[RS.REASON_MALFORMED_FILE] = unread - 1
+    return failed
 
 
 def decode_utf8_column(arr: pa.Array) -> tuple[pa.Array, list[int]]:

@@ -10,22 +10,27 @@ import json
 from collections.abc import Iterator
 
 import pyarrow as pa
-import pyarrow.dataset as ds
+import pyarrow.compute as pc
 from zhclip.pipeline.core import paths
 from zhclip.pipeline.core import reasons as RS
 from zhclip.pipeline.core import schema as S
 from zhclip.pipeline.core.config import SourceConfig
 from zhclip.pipeline.sources.common import (
-    STREAMING_SCAN,
+    PartialRead,
     SourceBatch,
     as_float,
     as_int,
     as_text,
     batch,
     file_stem,
+    group_failure,
+    iter_row_groups,
     make_key,
+    parquet_row_groups,
     rejects_for,
     rows_table,
+    split_invalid,
+    text_column,
 )
 from zhclip.pipeline.sources.wukong import _cast_table, read_csv_source
 
@@ -65,20 +70,31 @@ def read(src: SourceConfig, path: str) -> Iterator[SourceBatch]:
 
 
 def _read_parquet(src: SourceConfig, path: str, m: dict[str, str]) -> Iterator[SourceBatch]:
-    fs, inner = paths.filesystem_for(path)
-    dataset = ds.dataset(inner, filesystem=fs, format="parquet")
-    missing = [v for k, v in m.items() if v not in dataset.schema.names]
+    groups, total_rows = parquet_row_groups(path)
+    try:
+        yield from _parquet_batches(src, path, m, groups)
+    except Exception as err:  # noqa: BLE001 - count the unread rows exactly
+        raise PartialRead(err, total_rows) from err
+
+
+def _parquet_batches(src: SourceConfig, path: str, m: dict[str, str], groups) -> Iterator[SourceBatch]:
+    names = groups[0].physical_schema.names if groups else []
+    missing = [v for k, v in m.items() if v not in names]
     if missing:
-        raise ValueError(f"{path}: columns {missing} not found; has {dataset.schema.names}")
+        raise ValueError(f"{path}: columns {missing} not found; has {names}")
     stem, seen = file_stem(path), 0
-    for rb in dataset.to_batches(columns=list(dict.fromkeys(m.values())), batch_size=src.batch_rows,
-                                  batch_readahead=1, fragment_readahead=1,
-                                  fragment_scan_options=STREAMING_SCAN):
+    for rb, unread, error in iter_row_groups(groups, list(dict.fromkeys(m.values())), None, src.batch_rows):
+        if error:
+            yield group_failure(src.name, path, unread, error)
+            continue
+        if rb is None or rb.num_rows == 0:
+            continue
         cols = {}
+        bad: dict[str, pa.Array] = {}
         for k, theirs in m.items():
             arr = rb.column(theirs)
-            if k in ("url", "caption", "id", "license", "nsfw") and arr.type != pa.string():
-                arr = pa.array([None if v is None else str(v) for v in arr.to_pylist()], pa.string())
+            if k in ("url", "caption", "id", "license", "nsfw"):
+                arr, bad[OURS[k]] = text_column(arr)
             cols[OURS[k]] = arr
         if S.SOURCE_ID not in cols:
             cols[S.SOURCE_ID] = pa.array([f"{stem}-{seen + i}" for i in range(rb.num_rows)])
@@ -86,8 +102,12 @@ def _read_parquet(src: SourceConfig, path: str, m: dict[str, str]) -> Iterator[S
         text_cols = {c: v for c, v in cols.items() if c not in (S.SIMILARITY, S.WIDTH, S.HEIGHT)}
         numeric = {c: pa.array([None if x is None else str(x) for x in v.to_pylist()], pa.string())
                    for c, v in cols.items() if c in (S.SIMILARITY, S.WIDTH, S.HEIGHT)}
-        yield batch(_cast_table(src.name, {**text_cols, **numeric}) if numeric
-                    else rows_table(src.name, text_cols))
+        table = (_cast_table(src.name, {**text_cols, **numeric}) if numeric
+                 else rows_table(src.name, text_cols))
+        table, rej_caption = split_invalid(table, bad[S.CAPTION], RS.REASON_INVALID_CAPTION)
+        url_bad = bad[S.URL].filter(pc.invert(bad[S.CAPTION]))
+        table, rej_url = split_invalid(table, url_bad, RS.REASON_INVALID_URL)
+        yield batch(table, pa.concat_tables([rej_caption, rej_url]))
 
 
 def _read_jsonl(src: SourceConfig, path: str, m: dict[str, str]) -> Iterator[SourceBatch]:
@@ -103,7 +123,7 @@ def _read_jsonl(src: SourceConfig, path: str, m: dict[str, str]) -> Iterator[Sou
                 obj = json.loads(raw)
                 if not isinstance(obj, dict):
                     raise ValueError("not an object")
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: a line nested 100k deep
                 bad_keys.append(make_key(src.name, f"{stem}-L{lineno}"))
                 bad_caps.append(raw[:2000].decode("utf-8", "replace"))
                 continue

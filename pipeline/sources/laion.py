@@ -11,18 +11,21 @@ from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
-from zhclip.pipeline.core import paths
 from zhclip.pipeline.core import reasons as RS
 from zhclip.pipeline.core import schema as S
 from zhclip.pipeline.core.config import SourceConfig
 from zhclip.pipeline.sources.common import (
-    STREAMING_SCAN,
+    PartialRead,
     SourceBatch,
     batch,
     file_stem,
+    group_failure,
+    iter_row_groups,
+    parquet_row_groups,
     rejects_for,
     rows_table,
+    split_invalid,
+    text_column,
 )
 
 # LAION column -> ours. Variants add punsafe / pwatermark / md5.
@@ -39,6 +42,7 @@ COLUMN_MAP = {
     "pwatermark": S.PWATERMARK,
 }
 LANGUAGE = "LANGUAGE"
+NUMERIC = (S.WIDTH, S.HEIGHT, S.SIMILARITY, S.PUNSAFE, S.PWATERMARK)
 DEFAULT_LANGUAGES = ["zh"]
 
 
@@ -53,10 +57,36 @@ def _find(names: list[str], wanted: str) -> str | None:
     return None
 
 
+def _check_types(path: str, schema: pa.Schema, wanted: dict[str, str], lang_col: str | None) -> None:
+    """Refuse, naming the column, a file whose numeric or LANGUAGE columns hold the wrong kind.
+
+    A LANGUAGE of ints or a WIDTH of lists cannot be read row by row; the
+    whole file becomes a ``malformed_file`` reject with every row counted.
+    """
+    for theirs, ours in wanted.items():
+        typ = schema.field(theirs).type
+        if ours in NUMERIC and not (pa.types.is_integer(typ) or pa.types.is_floating(typ)
+                                    or pa.types.is_null(typ) or pa.types.is_decimal(typ)):
+            raise ValueError(f"{path}: column {theirs} holds {typ}, expected numbers")
+    if lang_col is not None:
+        typ = schema.field(lang_col).type
+        if pa.types.is_dictionary(typ):
+            typ = typ.value_type
+        if not (pa.types.is_string(typ) or pa.types.is_large_string(typ)):
+            raise ValueError(f"{path}: column {lang_col} holds {typ}, expected language codes (strings)")
+
+
 def read(src: SourceConfig, path: str) -> Iterator[SourceBatch]:
-    fs, inner = paths.filesystem_for(path)
-    dataset = ds.dataset(inner, filesystem=fs, format="parquet")
-    names = dataset.schema.names
+    groups, total_rows = parquet_row_groups(path)
+    try:
+        yield from _read_groups(src, path, groups)
+    except Exception as err:  # noqa: BLE001 - any failure: count the unread rows exactly
+        raise PartialRead(err, total_rows) from err
+
+
+def _read_groups(src: SourceConfig, path: str, groups) -> Iterator[SourceBatch]:
+    names = groups[0].physical_schema.names if groups else []
+    schema = groups[0].physical_schema if groups else pa.schema([])
     url_col, text_col = _find(names, "URL"), _find(names, "TEXT")
     if url_col is None or text_col is None:
         raise ValueError(f"{path}: not a LAION parquet file (needs URL and TEXT columns; has {names})")
@@ -78,27 +108,53 @@ def read(src: SourceConfig, path: str) -> Iterator[SourceBatch]:
     for key, col in (("max_punsafe", S.PUNSAFE), ("max_pwatermark", S.PWATERMARK)):
         if getattr(src, key) is not None and col not in wanted.values():
             raise ValueError(f"{path}: source {src.name} sets {key} but the file has no {col} column")
-    total_rows = dataset.count_rows()
+    _check_types(path, schema, wanted, lang_col if languages else None)
     matched = 0
     stem = file_stem(path)
-    for rb in dataset.to_batches(columns=list(wanted), filter=flt, batch_size=src.batch_rows,
-                                  batch_readahead=1, fragment_readahead=1,
-                                  fragment_scan_options=STREAMING_SCAN):
+    for rb, dropped, error in iter_row_groups(groups, list(wanted), flt, src.batch_rows):
+        if error:
+            yield group_failure(src.name, path, dropped, error)
+            continue
+        if rb is None:
+            if dropped:
+                yield batch(**{RS.REASON_NOT_ZH: dropped})
+            continue
         if rb.num_rows == 0:
             continue
         cols = {ours: rb.column(theirs) for theirs, ours in wanted.items()}
         if S.SOURCE_ID not in cols:
             cols[S.SOURCE_ID] = pa.array([f"{stem}-{matched + i}" for i in range(rb.num_rows)])
-        for c in (S.URL, S.CAPTION, S.LICENSE, S.NSFW, S.SOURCE_ID):
-            if c in cols and cols[c].type != pa.string():
-                cols[c] = _to_text(cols[c])
-        for c in (S.WIDTH, S.HEIGHT):
-            if c in cols:
-                cols[c] = pc.cast(cols[c], pa.int64(), safe=False)
         matched += rb.num_rows
-        rows, rejects = safety_split(rows_table(src.name, cols), src.max_punsafe, src.max_pwatermark)
-        yield batch(rows, rejects)
-    yield batch(**{RS.REASON_NOT_ZH: total_rows - matched})
+        for b in text_batches(src.name, cols):
+            rows, rejects = safety_split(b.rows, src.max_punsafe, src.max_pwatermark)
+            if rejects is not None:
+                b = batch(rows, pa.concat_tables([b.rejects, rejects]))
+            yield b
+
+
+def text_batches(source: str, cols: dict[str, pa.Array]) -> Iterator[SourceBatch]:
+    """Columns of one batch -> a stage-1 batch; values that are not text become rejects.
+
+    A caption that is not text is ``invalid_caption``; a URL that is not text
+    ``invalid_url`` (the caption reason wins when both are bad).
+    """
+    bad: dict[str, pa.Array] = {}
+    for c in (S.URL, S.CAPTION, S.LICENSE, S.NSFW, S.SOURCE_ID):
+        if c in cols:
+            cols[c], bad[c] = text_column(cols[c])
+    for c in (S.WIDTH, S.HEIGHT):
+        if c in cols:
+            cols[c] = pc.cast(cols[c], pa.int64(), safe=False)
+    table = rows_table(source, cols)
+    rejects = []
+    for c, reason in ((S.CAPTION, RS.REASON_INVALID_CAPTION), (S.URL, RS.REASON_INVALID_URL)):
+        if c in bad:
+            mask = bad[c]
+            table, rej = split_invalid(table, mask, reason)
+            rejects.append(rej)
+            if c == S.CAPTION and S.URL in bad:
+                bad[S.URL] = bad[S.URL].filter(pc.invert(mask))
+    yield batch(table, pa.concat_tables(rejects) if rejects else None)
 
 
 def safety_reasons(table: pa.Table, max_punsafe: float | None,
@@ -133,10 +189,3 @@ def safety_split(table: pa.Table, max_punsafe: float | None,
         table.column(S.SOURCE)[0].as_py(), bad.column(S.KEY).to_pylist(), reasons.filter(hit).to_pylist(),
         bad.column(S.URL).to_pylist(), bad.column(S.CAPTION).to_pylist())
     return table.filter(pc.invert(hit)), rejects
-
-
-def _to_text(arr: pa.Array) -> pa.Array:
-    try:
-        return arr.cast(pa.string())
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return pa.array([None if v is None else str(v) for v in arr.to_pylist()], pa.string())

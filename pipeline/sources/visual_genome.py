@@ -62,7 +62,7 @@ def read(src: SourceConfig, path: str) -> Iterator[SourceBatch]:
     holdout = load_holdout_ids(src.holdout_ids)
     try:
         data = json.loads(paths.read_text(path))
-    except (ValueError, UnicodeDecodeError) as err:
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
         yield file_reject(src.name, path, RS.REASON_MALFORMED_FILE, f"not valid JSON: {err}")
         return
     if not isinstance(data, list):

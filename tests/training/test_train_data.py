@@ -70,14 +70,16 @@ def test_shards_from_manifest_pattern_and_glob(dataset, tmp_path):
     pattern = list_shards(str(dataset), "train", "train-{000001..000002}.tar")
     assert [Path(s.url).name for s in pattern] == ["train-000001.tar", "train-000002.tar"]
     assert Path(pattern[0].url).parent == dataset
-    # without a manifest the split's tars are globbed
+    # without a manifest the tars are globbed only when asked (train.data.glob)
     bare = tmp_path / "bare"
     bare.mkdir()
     for s in train[:2]:
         (bare / Path(s.url).name).symlink_to(s.url)
-    assert len(list_shards(str(bare), "train")) == 2
+    with pytest.raises(FileNotFoundError, match="train.data.glob"):
+        list_shards(str(bare), "train")
+    assert len(list_shards(str(bare), "train", allow_glob=True)) == 2
     with pytest.raises(FileNotFoundError, match="no 'val' shards"):
-        list_shards(str(bare), "val")
+        list_shards(str(bare), "val", allow_glob=True)
 
 
 def test_too_few_shards_fail_early_unless_resampled(dataset, tokenizer):
@@ -147,3 +149,14 @@ def test_eval_stream_reads_val_once_in_order(dataset, tokenizer):
     assert batches[0]["images"].shape[1:] == (3, 32, 32)
     limited = list(eval_loader(shards, tf, tokenizer, batch_size=16, workers=0, max_samples=20))
     assert sum(b["images"].shape[0] for b in limited) == 20
+
+
+def test_manifest_listing_a_missing_shard_is_refused(dataset, tmp_path):
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in dataset.iterdir():
+        if f.name != "train-000002.tar":
+            (copy / f.name).symlink_to(f)
+    with pytest.raises(FileNotFoundError, match=r"lists 1 shard\(s\) that are missing: .*train-000002.tar"):
+        list_shards(str(copy), "train")
+    assert len(list_shards(str(copy), "val")) == 1  # the other split is whole
