@@ -200,6 +200,8 @@ class ScoreConfig(_Strict):
     """Folder of evaluation images; near-duplicates by perceptual hash are removed (test_overlap)."""
     phash_distance: int = Field(4, ge=0)
     """Largest Hamming distance counted as a near-duplicate."""
+    decode_workers: int | None = Field(None, ge=0)
+    """Processes that decode + CLIP-preprocess the next batch while the model runs; null: auto (CPU cores minus torch threads), 0: in one thread, as before."""
 
 
 class ShardsConfig(_Strict):

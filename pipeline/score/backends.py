@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -128,6 +129,10 @@ class EmbeddingPairScorer:
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """uint8 HWC pixels after resize + center crop; normalised per batch in :meth:`score`."""
         return clip_pixels(image, self.image_size)
+
+    def pixel_function(self) -> Callable[[Image.Image], np.ndarray]:
+        """:meth:`preprocess` as a picklable function (no model attached), for decode processes."""
+        return partial(clip_pixels, size=self.image_size)
 
     def _as_array(self, image: Any) -> np.ndarray:
         if isinstance(image, Image.Image):

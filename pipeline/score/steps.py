@@ -13,9 +13,12 @@ depend on how the runner bundled elements.
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +84,44 @@ def prepare_sample(sample: SH.DownloadedSample, preprocess: Callable[[Any], Any]
     return out
 
 
+def prepare_chunk(samples: list[SH.DownloadedSample], preprocess: Callable[[Any], Any] | None,
+                  want_phash: bool) -> list[PreparedSample]:
+    """:func:`prepare_sample` over a slice of a batch; module-level so worker processes can run it."""
+    return [prepare_sample(s, preprocess, want_phash) for s in samples]
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (the affinity mask, not the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def resolve_decode_workers(setting: int | None) -> int:
+    """``score.decode_workers``: an explicit count wins; ``None`` gives the cores torch leaves free.
+
+    torch is only consulted when already imported (a model-backed scorer was
+    built); the precomputed backend never pulls it in.
+    """
+    if setting is not None:
+        return setting
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch is not None else 1
+    return max(0, usable_cores() - threads)
+
+
+def split_even(items: list[Any], parts: int) -> list[list[Any]]:
+    """Contiguous, order-keeping slices of nearly equal size (no empty slice)."""
+    parts = max(1, min(parts, len(items)))
+    step, extra = divmod(len(items), parts)
+    out, start = [], 0
+    for i in range(parts):
+        stop = start + step + (1 if i < extra else 0)
+        out.append(items[start:stop])
+        start = stop
+    return out
+
+
 def histogram(scores: list[float]) -> list[int]:
     counts, _ = np.histogram(np.asarray(scores, dtype=np.float64), bins=HIST_BINS, range=HIST_RANGE)
     return counts.astype(int).tolist()
@@ -126,7 +167,14 @@ class ShardResult:
 
 class ShardScorer:
     """Scores download shards with one scorer; decoding of batch i+1 overlaps
-    the model's work on batch i (one decode thread)."""
+    the model's work on batch i.
+
+    One feeder thread prepares the next batch. With ``score.decode_workers`` > 0
+    it hands slices of that batch to worker processes (decode and resize are
+    CPU-bound and hold the GIL in parts, so threads would compete with the
+    model); with 0 it decodes in the thread itself. Both run the same
+    :func:`prepare_sample`, so results and bytes written do not depend on it.
+    """
 
     def __init__(self, scorer: Any, score_cfg: Any, val_fraction: float,
                  eval_hashes: list[int], *, thresholds: Mapping[str, float]) -> None:
@@ -140,14 +188,41 @@ class ShardScorer:
         self.eval_index = I.phash_index(eval_hashes)
         self.want_phash = bool(eval_hashes)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zhclip-decode")
+        self._preprocess = self._picklable_preprocess()
+        workers = resolve_decode_workers(getattr(score_cfg, "decode_workers", 0))
+        # A scorer whose preprocess cannot travel to another process decodes in-thread.
+        self.decode_workers = workers if self._preprocess is not False else 0
+        self._procs: ProcessPoolExecutor | None = None
         self.pairs_scored = 0
+
+    def _picklable_preprocess(self) -> Callable[[Any], Any] | None | bool:
+        """The preprocess function worker processes get; ``False`` when there is none to send."""
+        if not self.scorer.needs_images:
+            return None
+        make = getattr(self.scorer, "pixel_function", None)
+        return make() if make is not None else False
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
+        if self._procs is not None:
+            self._procs.shutdown(wait=True, cancel_futures=True)
+            self._procs = None
+
+    def _workers(self) -> ProcessPoolExecutor:
+        # spawn, not fork: the parent holds torch's thread pools and the feeder thread.
+        if self._procs is None:
+            self._procs = ProcessPoolExecutor(self.decode_workers,
+                                              mp_context=multiprocessing.get_context("spawn"))
+        return self._procs
 
     def _prepare(self, batch: list[SH.DownloadedSample]) -> list[PreparedSample]:
-        preprocess = self.scorer.preprocess if self.scorer.needs_images else None
-        return [prepare_sample(s, preprocess, self.want_phash) for s in batch]
+        if self.decode_workers == 0:
+            preprocess = self.scorer.preprocess if self.scorer.needs_images else None
+            return prepare_chunk(batch, preprocess, self.want_phash)
+        chunks = split_even(batch, self.decode_workers)
+        futures = [self._workers().submit(prepare_chunk, c, self._preprocess, self.want_phash)
+                   for c in chunks]
+        return [p for f in futures for p in f.result()]
 
     def score_shard(self, shard: SH.DownloadShard) -> tuple[ShardResult, SH.DownloadShardContents]:
         contents = SH.read_download_shard(shard)
