@@ -157,8 +157,11 @@ class EmbeddingPairScorer:
         import torch
         import torch.nn.functional as F
 
-        pixels = torch.from_numpy(np.stack([self._as_array(im) for im in images]))
-        pixels = pixels.to(self.device, non_blocking=True)
+        if isinstance(images, torch.Tensor):  # a batch already on the device (device_decode)
+            pixels = images.to(self.device)
+        else:
+            pixels = torch.from_numpy(np.stack([self._as_array(im) for im in images]))
+            pixels = pixels.to(self.device, non_blocking=True)
         if pixels.dtype == torch.uint8:
             # HWC uint8 from preprocess(): same arithmetic as torchvision's ToTensor +
             # Normalize, done on the whole batch.

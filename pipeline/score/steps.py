@@ -84,6 +84,23 @@ def prepare_sample(sample: SH.DownloadedSample, preprocess: Callable[[Any], Any]
     return out
 
 
+def prepare_for_device(sample: SH.DownloadedSample) -> PreparedSample | None:
+    """A JPEG the device will decode: bytes, hash and size from the header, no CPU decode.
+
+    ``None`` when the sample needs the CPU path (not a device-decodable JPEG).
+    """
+    from zhclip.pipeline.score.device_decode import device_decodable, read_jpeg_header
+
+    data = sample.image or b""
+    if not device_decodable(data):
+        return None
+    header = read_jpeg_header(data)
+    out = PreparedSample(sample)
+    out.jpeg, out.sha256 = data, I.sha256_hex(data)
+    out.width, out.height = header.width, header.height
+    return out
+
+
 def prepare_chunk(samples: list[SH.DownloadedSample], preprocess: Callable[[Any], Any] | None,
                   want_phash: bool) -> list[PreparedSample]:
     """:func:`prepare_sample` over a slice of a batch; module-level so worker processes can run it."""
@@ -177,10 +194,15 @@ class ShardScorer:
     """
 
     def __init__(self, scorer: Any, score_cfg: Any, val_fraction: float,
-                 eval_hashes: list[int], *, thresholds: Mapping[str, float]) -> None:
+                 eval_hashes: list[int], *, thresholds: Mapping[str, float],
+                 device_decode: bool | None = None) -> None:
         """``thresholds`` maps source *names* to their minimum score, resolved from
         the config's kind and name keys by :func:`~zhclip.pipeline.score.thresholds.plan_thresholds`
-        (``score_cfg.thresholds`` itself may be keyed by kind)."""
+        (``score_cfg.thresholds`` itself may be keyed by kind).
+
+        ``device_decode`` (default: on when the scorer runs on CUDA) decodes JPEGs
+        on the scorer's device in batches (:mod:`~zhclip.pipeline.score.device_decode`);
+        decontamination needs PIL's pixels for the hash, so it turns it off."""
         self.scorer = scorer
         self.cfg = score_cfg
         self.thresholds = dict(thresholds)
@@ -193,7 +215,17 @@ class ShardScorer:
         # A scorer whose preprocess cannot travel to another process decodes in-thread.
         self.decode_workers = workers if self._preprocess is not False else 0
         self._procs: ProcessPoolExecutor | None = None
+        self.device_decode = self._want_device_decode(device_decode)
         self.pairs_scored = 0
+
+    def _want_device_decode(self, asked: bool | None) -> bool:
+        if self.want_phash or not self.scorer.needs_images or not hasattr(self.scorer, "pixel_function"):
+            return False
+        if asked is not None:
+            return asked
+        from zhclip.pipeline.score.device_decode import device_decode_wanted
+
+        return device_decode_wanted(str(getattr(self.scorer, "device", "cpu")))
 
     def _picklable_preprocess(self) -> Callable[[Any], Any] | None | bool:
         """The preprocess function worker processes get; ``False`` when there is none to send."""
@@ -216,6 +248,16 @@ class ShardScorer:
         return self._procs
 
     def _prepare(self, batch: list[SH.DownloadedSample]) -> list[PreparedSample]:
+        if self.device_decode:
+            light = [prepare_for_device(s) for s in batch]
+            rest = self._prepare_cpu([s for s, p in zip(batch, light, strict=True) if p is None])
+            it = iter(rest)
+            return [p if p is not None else next(it) for p in light]
+        return self._prepare_cpu(batch)
+
+    def _prepare_cpu(self, batch: list[SH.DownloadedSample]) -> list[PreparedSample]:
+        if not batch:
+            return []
         if self.decode_workers == 0:
             preprocess = self.scorer.preprocess if self.scorer.needs_images else None
             return prepare_chunk(batch, preprocess, self.want_phash)
@@ -248,6 +290,32 @@ class ShardScorer:
         progress.close()
         return result, contents
 
+    def _device_pixels(self, ok: list[PreparedSample], result: ShardResult) -> tuple[
+            list[PreparedSample], Any]:
+        """Decode the batch on the scorer's device; files it rejects take the PIL path.
+
+        A file the device cannot decode is prepared again on the CPU exactly as
+        the plain path would, so its record and its reject reason are the same.
+        """
+        from zhclip.pipeline.score.device_decode import decode_batch
+
+        preprocess = self.scorer.preprocess
+
+        def cpu_pixels(i: int):
+            p = ok[i]
+            if p.pixels is None:
+                ok[i] = p = prepare_sample(p.sample, preprocess, False)
+            return None if p.error else p.pixels
+
+        sc = self.scorer
+        # The downloaded bytes, not p.jpeg: a PNG's stored JPEG is a lossy re-encode.
+        batch, _, failed = decode_batch([p.sample.image or b"" for p in ok],
+                                        sc.image_size, sc.mean, sc.std, sc.device, cpu_pixels)
+        bad = set(failed)
+        for i in sorted(bad):
+            result.reject(ok[i].sample, image_rules.decode_reason(ok[i].error or "undecodable"))
+        return [p for i, p in enumerate(ok) if i not in bad], batch
+
     def _score_batch(self, prepared: list[PreparedSample], result: ShardResult) -> None:
         ok = []
         for p in prepared:
@@ -257,10 +325,14 @@ class ShardScorer:
                 result.reject(p.sample, reason)
             else:
                 ok.append(p)
+        if self.device_decode:
+            ok, images = self._device_pixels(ok, result)
+        else:
+            images = [p.pixels for p in ok]
         if not ok:
             return
         values = self.scorer.score(
-            [p.pixels for p in ok],
+            images,
             [p.sample.caption or "" for p in ok],
             similarity=[p.sample.similarity for p in ok],
         )
