@@ -73,6 +73,7 @@ class DataConfig(_Strict):
     resampled: bool = False
     shuffle_buffer: int = Field(1000, ge=0)
     workers: int = Field(4, ge=0)
+    prefetch: int = Field(4, ge=1)  # batches each loader worker keeps ready (prefetch_factor)
     image_size: int | None = Field(None, ge=8)  # default: the image tower's size
     crop_scale: tuple[float, float] = (0.9, 1.0)
     auto_augment: bool = True
@@ -95,6 +96,8 @@ class TrainConfig(_Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: str = "auto"
     grad_checkpointing: bool = False
+    compile: bool = False  # torch.compile the forward (CUDA pays off; first steps compile)
+    channels_last: bool | None = None  # NHWC images and weights; None: on for ResNet towers on CUDA
     accum_steps: int = Field(1, ge=1)
     grad_clip: float | None = Field(None, gt=0)
     local_loss: bool = False
