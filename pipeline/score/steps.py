@@ -247,6 +247,22 @@ class ShardScorer:
                                               mp_context=multiprocessing.get_context("spawn"))
         return self._procs
 
+    def _prepare_with_text(self, batch: list[SH.DownloadedSample]) -> tuple[
+            list[PreparedSample], tuple[list[str], Any] | None]:
+        """Decode the batch and tokenise the captions that will be scored, on the feeder thread.
+
+        A sample found undecodable later (on the device) changes the scored list;
+        the tokens then no longer match and the scorer tokenises itself.
+        """
+        prepared = self._prepare(batch)
+        make = getattr(self.scorer, "prepare_text", None)
+        if make is None:
+            return prepared, None
+        captions = [p.sample.caption or "" for p in prepared if p.error is None
+                    and image_rules.overlap_reason(p.phash, self.eval_index, self.cfg.phash_distance) is None]
+        tokens = make(captions) if captions else None
+        return prepared, (captions, tokens) if tokens is not None else None
+
     def _prepare(self, batch: list[SH.DownloadedSample]) -> list[PreparedSample]:
         if self.device_decode:
             light = [prepare_for_device(s) for s in batch]
@@ -278,14 +294,14 @@ class ShardScorer:
                 usable.append(sample)
         size = self.cfg.batch_size
         batches = [usable[i: i + size] for i in range(0, len(usable), size)]
-        pending = self._pool.submit(self._prepare, batches[0]) if batches else None
+        pending = self._pool.submit(self._prepare_with_text, batches[0]) if batches else None
         progress = tqdm(total=len(usable), desc=f"score {shard.name}", unit="pair", leave=False,
                         disable=None, mininterval=2.0)
         for i in range(len(batches)):
-            prepared = pending.result()
+            prepared, text = pending.result()
             if i + 1 < len(batches):
-                pending = self._pool.submit(self._prepare, batches[i + 1])
-            self._score_batch(prepared, result)
+                pending = self._pool.submit(self._prepare_with_text, batches[i + 1])
+            self._score_batch(prepared, result, text)
             progress.update(len(prepared))
         progress.close()
         return result, contents
@@ -316,7 +332,9 @@ class ShardScorer:
             result.reject(ok[i].sample, image_rules.decode_reason(ok[i].error or "undecodable"))
         return [p for i, p in enumerate(ok) if i not in bad], batch
 
-    def _score_batch(self, prepared: list[PreparedSample], result: ShardResult) -> None:
+    def _score_batch(self, prepared: list[PreparedSample], result: ShardResult,
+                     text: tuple[list[str], Any] | None = None) -> None:
+        """``text``: (captions, tokens) the feeder thread made for this batch, or None."""
         ok = []
         for p in prepared:
             reason = (image_rules.decode_reason(p.error)
@@ -331,10 +349,15 @@ class ShardScorer:
             images = [p.pixels for p in ok]
         if not ok:
             return
+        captions = [p.sample.caption or "" for p in ok]
+        extra = {}
+        if text is not None and text[0] == captions:  # tokens made ahead match what is scored
+            extra["text"] = text[1]
         values = self.scorer.score(
             images,
-            [p.sample.caption or "" for p in ok],
+            captions,
             similarity=[p.sample.similarity for p in ok],
+            **extra,
         )
         self.pairs_scored += len(ok)
         for p, value in zip(ok, values, strict=True):

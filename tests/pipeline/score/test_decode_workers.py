@@ -88,3 +88,33 @@ def test_precomputed_backend_sends_no_preprocess_to_workers(tmp_path):
     scorer = ST.ShardScorer(build_scorer(cfg.score), cfg.score, 0.0, [], thresholds={})
     assert scorer.decode_workers == 2 and scorer._preprocess is None
     scorer.close()
+
+
+def test_captions_are_tokenised_on_the_feeder_thread_with_equal_scores(tiny_models, tmp_path):
+    import threading
+
+    import numpy as np
+
+    standard_downloads(tmp_path / SH.DOWNLOADS_DIR, n_shards=1, per_shard=7)
+    shard = SH.list_download_shards(str(tmp_path / SH.DOWNLOADS_DIR))[0]
+    cfg = _cfg(tmp_path, tiny_models, 0)
+    scorer = build_scorer(cfg.score)
+    samples = SH.read_download_shard(shard).samples
+    images = [scorer.preprocess(ST.I.decode_image(s.image)) for s in samples]
+    captions = [s.caption for s in samples]
+    ahead = scorer.prepare_text(captions)
+    assert len(ahead) == 2  # batch_size 4: chunks as score() cuts them
+    assert np.array_equal(scorer.score(images, captions, text=ahead), scorer.score(images, captions))
+
+    threads = []
+    tokenize = scorer.text_tokenizer
+
+    def spy(caps):
+        threads.append(threading.current_thread().name)
+        return tokenize(caps)
+
+    scorer.text_tokenizer = spy
+    steps = ST.ShardScorer(scorer, cfg.score, 0.25, [], thresholds={})
+    result, _ = steps.score_shard(shard)
+    steps.close()
+    assert len(result.kept) == 7 and threads and all(t.startswith("zhclip-decode") for t in threads)
