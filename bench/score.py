@@ -10,7 +10,9 @@ Three figures on the same pairs, in one process:
   preprocessed into float arrays (the model's speed; the baseline).
 - score-step pairs/s: the ScoreShard DoFn run directly on the download shards
   (read tar + parquet, decode, CLIP preprocess, score in batches with the next
-  batch decoded while the model runs, policy): what one worker sustains.
+  batch decoded while the model runs, policy): what one worker sustains. Run
+  twice: decode workers off (the feeder thread decodes) and on (``--decode-workers``
+  processes, default max(1, cores - torch threads)).
 - pipeline pairs/s: ``run_score`` end to end on the Beam DirectRunner (adds
   model loading, dedup, ranking, shard writing, manifest and report).
 
@@ -119,10 +121,13 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def score_step(cfg, shards: list[SH.DownloadShard]) -> float:
+def score_step(cfg, shards: list[SH.DownloadShard], decode_workers: int | None = None) -> float:
     from apache_beam.utils.shared import Shared
 
-    fn = ScoreShard(config_to_dict(cfg), [], Shared())
+    data = config_to_dict(cfg)
+    if decode_workers is not None:
+        data["score"]["decode_workers"] = decode_workers
+    fn = ScoreShard(data, [], Shared())
     fn.setup()
     n = sum(1 for o in fn.process(shards[0]) if isinstance(o, dict))  # warm-up shard
     start = time.perf_counter()
@@ -140,6 +145,8 @@ def main() -> int:
     ap.add_argument("--shards", type=int, default=None, help="download shards (default 4 CPU, 16 GPU)")
     ap.add_argument("--batch-size", type=int, default=None, help="default 32 CPU, 512 GPU")
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds; best kept")
+    ap.add_argument("--decode-workers", type=int, default=None,
+                    help="processes for the 'workers on' score step (default max(1, cores - torch threads))")
     ap.add_argument("--beam-args", default=None, help="Beam flags for the pipeline run (default "
                     "none on CPU; on --gpu 12 worker processes, each decoding its own shards "
                     "and holding its own copy of the model on the GPU)")
@@ -181,24 +188,33 @@ def main() -> int:
 
         # Rounds alternate so load from other processes hits every side alike;
         # the best round of each side is kept.
-        fwds, steps, pipes, reports = [], [], [], []
+        import torch
+        from zhclip.pipeline.score.steps import usable_cores
+
+        workers_on = args.decode_workers or max(1, usable_cores() - torch.get_num_threads())
+        fwds, steps, steps_on, pipes, reports = [], [], [], [], []
         for r in range(args.rounds):
             fwds.append(forward_only(scorer, arrays, captions))
-            steps.append(score_step(cfg, shards))
+            steps.append(score_step(cfg, shards, decode_workers=0))
+            steps_on.append(score_step(cfg, shards, decode_workers=workers_on))
             reports.append(run_score(cfg, args.beam_args.split()))
             pipes.append(reports[-1]["total"]["rows_in"] / reports[-1]["seconds"])
             print(f"round {r}: forward {fwds[-1]:.1f}, step {steps[-1]:.1f}, "
+                  f"step+workers {steps_on[-1]:.1f}, "
                   f"pipeline {pipes[-1]:.1f} pairs/s", flush=True)
-        fwd, step, pipe = max(fwds), max(steps), max(pipes)
+        fwd, step, step_on, pipe = max(fwds), max(steps), max(steps_on), max(pipes)
         report = reports[pipes.index(pipe)]
-
-    import torch
 
     print(f"device: {'cuda ' + torch.cuda.get_device_name() if args.gpu else 'cpu'}, "
           f"torch threads {torch.get_num_threads()}, pairs {pairs}, shards {n_shards}, "
           f"batch {batch}, setup {setup_s:.1f}s, model load {load_s:.1f}s")
     print(f"forward-only (pre-decoded tensors): {fwd:9.1f} pairs/s")
-    print(f"score step (read+decode+score):     {step:9.1f} pairs/s   ratio {step / fwd:.3f}")
+    print(f"score step, decode workers off:     {step:9.1f} pairs/s   ratio {step / fwd:.3f}")
+    print(f"score step, {workers_on} decode worker(s):     {step_on:9.1f} pairs/s   ratio {step_on / fwd:.3f}")
+    cores = usable_cores()
+    if cores - torch.get_num_threads() < 2:
+        print(f"limit: {cores} cores, torch uses {torch.get_num_threads()}: decode workers share "
+              "cores with the model, so decoding still competes with it (>= 2 free cores needed)")
     print(f"pipeline (zhclip score, Beam):       {pipe:9.1f} pairs/s   ratio {pipe / fwd:.3f}  "
           f"({report['seconds']:.1f}s incl. model load; kept {report['total']['kept']})")
     rows = report["total"]["rows_in"]

@@ -74,6 +74,7 @@ class DataConfig(_Strict):
     resampled: bool = False
     shuffle_buffer: int = Field(1000, ge=0)
     workers: int = Field(4, ge=0)
+    prefetch: int = Field(4, ge=1)  # batches each loader worker keeps ready (prefetch_factor)
     image_size: int | None = Field(None, ge=8)  # default: the image tower's size
     # the corpus's image resolution (short side); default: measured from the train sidecars
     resolution: int | None = Field(None, ge=1)
@@ -101,6 +102,8 @@ class TrainConfig(_Strict):
     device: str = "auto"
     grad_checkpointing: bool = False
     allow_upscale: bool = False  # train a model whose input is larger than the corpus's images
+    compile: bool = False  # torch.compile the forward (CUDA pays off; first steps compile)
+    channels_last: bool | None = None  # NHWC images and weights; None: on for ResNet towers on CUDA
     accum_steps: int = Field(1, ge=1)
     grad_clip: float | None = Field(None, gt=0)
     local_loss: bool = False

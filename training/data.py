@@ -323,13 +323,19 @@ class DataPosition:
 
 
 def train_loader(spec: StreamSpec, transform: Callable, tokenizer: CaptionTokenizer,
-                 position: DataPosition, pin_memory: bool = False) -> DataLoader:
-    """A DataLoader that resumes at ``position``."""
+                 position: DataPosition, pin_memory: bool = False,
+                 prefetch: int | None = None) -> DataLoader:
+    """A DataLoader that resumes at ``position``.
+
+    ``prefetch`` batches per worker stay decoded ahead of the step (workers > 0
+    only; the position still counts batches the trainer took, so a resume does
+    not skip the prefetched ones)."""
     check_shard_count(spec.shards, spec.workers, spec.world_size, spec.resampled)
     spec.start = {k: list(v) for k, v in position.positions.items()}
     spec.rotation = position.next
     return DataLoader(TrainStream(spec, transform, tokenizer), batch_size=None,
                       num_workers=spec.workers, pin_memory=pin_memory,
+                      prefetch_factor=prefetch if spec.workers > 0 else None,
                       persistent_workers=False)
 
 

@@ -121,6 +121,9 @@ class Trainer:
         self.model.to(runtime.device)
         if cfg.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
+        self.memory_format = self._memory_format(cfg)
+        if self.memory_format is torch.channels_last:
+            self.model.image.to(memory_format=torch.channels_last)
 
         spec = self.model.spec
         size = cfg.data.image_size or spec["image_size"]
@@ -160,6 +163,15 @@ class Trainer:
 
     # ---- stages -----------------------------------------------------------------
 
+    def _memory_format(self, cfg: TrainConfig) -> torch.memory_format:
+        """channels_last for conv towers on CUDA (cuDNN's fast NHWC kernels); a ViT has one
+        conv, its patch embedding, and gains nothing, so ``None`` leaves ViTs as they are."""
+        wanted = cfg.channels_last
+        if wanted is None:
+            convs = sum(isinstance(m, torch.nn.Conv2d) for m in self.model.image.modules())
+            wanted = self.rt.device.type == "cuda" and convs > 1
+        return torch.channels_last if wanted else torch.preserve_format
+
     def _enter_stage(self, index: int) -> None:
         stage = self.stages[index]
         if index == 1:
@@ -172,6 +184,9 @@ class Trainer:
             self.ddp: torch.nn.Module = DistributedDataParallel(self.model, device_ids=ids)
         else:
             self.ddp = self.model
+        if self.cfg.compile:
+            # Compiles on the first step of each stage (stage 2 unlocks weights: new graph).
+            self.ddp = torch.compile(self.ddp)
         self.optimizer = make_optimizer(self.model, stage)
         self.scheduler = make_scheduler(self.optimizer, stage)
         self.batch_size = _per_rank_batch(stage, self.rt.world_size, self.cfg.accum_steps, index)
@@ -181,7 +196,8 @@ class Trainer:
             resampled=self.cfg.data.resampled, shuffle_buffer=self.cfg.data.shuffle_buffer,
         )
         loader = train_loader(spec, self.train_tf, self.tokenizer, self.position,
-                              pin_memory=self.rt.device.type == "cuda")
+                              pin_memory=self.rt.device.type == "cuda",
+                              prefetch=self.cfg.data.prefetch)
         self.batches = iter(loader)
         self.state.stage = index
         self.state.stage_started = True
@@ -293,7 +309,7 @@ class Trainer:
     def _step(self, batch: dict[str, Any]) -> float | None:
         """One optimizer step; returns the loss, or None when a non-finite loss was skipped."""
         dev = self.rt.device
-        images = batch["images"].to(dev, non_blocking=True)
+        images = batch["images"].to(dev, non_blocking=True, memory_format=self.memory_format)
         ids = batch["input_ids"].to(dev, non_blocking=True)
         mask = batch["attention_mask"].to(dev, non_blocking=True)
         accum = self.cfg.accum_steps

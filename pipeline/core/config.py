@@ -237,6 +237,8 @@ class ScoreConfig(_Strict):
     """Drop re-encoded / resized copies across the corpus by perceptual hash (near_duplicate_image; smallest key wins)."""
     near_duplicate_distance: int = Field(0, ge=0, le=15)
     """Largest Hamming distance between the phashes of near-duplicate images (0: exact 64-bit match; k > 0 groups through k+1 bands)."""
+    decode_workers: int | None = Field(None, ge=0)
+    """Processes that decode + CLIP-preprocess the next batch while the model runs; null: auto (CPU cores minus torch threads), 0: in one thread, as before."""
 
 
 class ShardsConfig(_Strict):

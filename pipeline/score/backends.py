@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -124,10 +125,25 @@ class EmbeddingPairScorer:
     name: str = "embedding"
     needs_images: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    #: When set, ``text_encoder`` takes this function's output instead of captions,
+    #: so tokenisation can run ahead on another thread (:meth:`prepare_text`).
+    text_tokenizer: Callable[[list[str]], Any] | None = None
+
+    def prepare_text(self, captions: Sequence[str]) -> list[Any] | None:
+        """Tokens for :meth:`score`'s ``text=``, cut in the same chunks score() uses
+        (padding is per chunk, so the numbers equal tokenising inside score())."""
+        if self.text_tokenizer is None:
+            return None
+        return [self.text_tokenizer(list(captions[i: i + self.batch_size]))
+                for i in range(0, len(captions), self.batch_size)]
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """uint8 HWC pixels after resize + center crop; normalised per batch in :meth:`score`."""
         return clip_pixels(image, self.image_size)
+
+    def pixel_function(self) -> Callable[[Image.Image], np.ndarray]:
+        """:meth:`preprocess` as a picklable function (no model attached), for decode processes."""
+        return partial(clip_pixels, size=self.image_size)
 
     def _as_array(self, image: Any) -> np.ndarray:
         if isinstance(image, Image.Image):
@@ -139,21 +155,29 @@ class EmbeddingPairScorer:
         images: Sequence[Any],
         captions: Sequence[str],
         similarity: Sequence[float | None] | None = None,
+        text: list[Any] | None = None,
     ) -> np.ndarray:
+        """``text``: :meth:`prepare_text` of these captions, computed ahead (optional)."""
         if len(images) != len(captions):
             raise ValueError(f"{len(images)} images but {len(captions)} captions")
         out = np.empty(len(captions), dtype=np.float64)
-        for start in range(0, len(captions), self.batch_size):
+        for n, start in enumerate(range(0, len(captions), self.batch_size)):
             stop = start + self.batch_size
-            out[start:stop] = self._score_batch(images[start:stop], list(captions[start:stop]))
+            tokens = text[n] if text is not None else None
+            out[start:stop] = self._score_batch(images[start:stop], list(captions[start:stop]),
+                                                tokens)
         return out
 
-    def _score_batch(self, images: Sequence[Any], captions: list[str]) -> np.ndarray:
+    def _score_batch(self, images: Sequence[Any], captions: list[str],
+                     tokens: Any = None) -> np.ndarray:
         import torch
         import torch.nn.functional as F
 
-        pixels = torch.from_numpy(np.stack([self._as_array(im) for im in images]))
-        pixels = pixels.to(self.device, non_blocking=True)
+        if isinstance(images, torch.Tensor):  # a batch already on the device (device_decode)
+            pixels = images.to(self.device)
+        else:
+            pixels = torch.from_numpy(np.stack([self._as_array(im) for im in images]))
+            pixels = pixels.to(self.device, non_blocking=True)
         if pixels.dtype == torch.uint8:
             # HWC uint8 from preprocess(): same arithmetic as torchvision's ToTensor +
             # Normalize, done on the whole batch.
@@ -168,7 +192,11 @@ class EmbeddingPairScorer:
         )
         with torch.inference_mode(), autocast:
             image_emb = self.image_encoder(pixels)
-            text_emb = self.text_encoder(captions)
+            if self.text_tokenizer is None:
+                text_emb = self.text_encoder(captions)
+            else:
+                text_emb = self.text_encoder(tokens if tokens is not None
+                                             else self.text_tokenizer(captions))
         image_emb = F.normalize(image_emb.float(), dim=-1)
         text_emb = F.normalize(text_emb.float(), dim=-1)
         cosine = (image_emb * text_emb).sum(dim=-1).clamp(-1.0, 1.0)
@@ -190,7 +218,8 @@ def _mclip(score_config: Any) -> PairScorer:
         )
     return EmbeddingPairScorer(
         image_encoder=image.module,
-        text_encoder=text,
+        text_encoder=text.encode,
+        text_tokenizer=text.tokenize,
         device=device,
         batch_size=score_config.batch_size,
         image_size=image.image_size,

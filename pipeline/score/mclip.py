@@ -163,17 +163,24 @@ class MClipText:
     embed_dim: int
     max_length: int
 
-    def __call__(self, captions: list[str]) -> torch.Tensor:
-        tokens = self.tokenizer(
+    def tokenize(self, captions: list[str]) -> Any:
+        """CPU-side half of the tower; the score step runs it for batch i+1 while batch i scores."""
+        return self.tokenizer(
             list(captions),
             padding=True,
             truncation=True,
             max_length=self.max_length,
             return_tensors="pt",
         )
+
+    def encode(self, tokens: Any) -> torch.Tensor:
         return self.model(
-            tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device)
+            tokens["input_ids"].to(self.device, non_blocking=True),
+            tokens["attention_mask"].to(self.device, non_blocking=True),
         )
+
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        return self.encode(self.tokenize(captions))
 
 
 def build_mclip_model(checkpoint_dir: Path) -> tuple[MClipTextModel, dict[str, Any]]:

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import io
 import math
+import multiprocessing
+import os
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,6 +123,61 @@ def prepare_sample(sample: SH.DownloadedSample, preprocess: Callable[[Any], Any]
     return out
 
 
+def prepare_for_device(sample: SH.DownloadedSample) -> PreparedSample | None:
+    """A JPEG the device will decode: bytes, hash and size from the header, no CPU decode.
+
+    ``None`` when the sample needs the CPU path (not a device-decodable JPEG).
+    """
+    from zhclip.pipeline.score.device_decode import device_decodable, read_jpeg_header
+
+    data = sample.image or b""
+    if not device_decodable(data):
+        return None
+    header = read_jpeg_header(data)
+    out = PreparedSample(sample)
+    out.jpeg, out.sha256 = data, I.sha256_hex(data)
+    out.width, out.height = header.width, header.height
+    return out
+
+
+def prepare_chunk(samples: list[SH.DownloadedSample], preprocess: Callable[[Any], Any] | None,
+                  want_phash: bool) -> list[PreparedSample]:
+    """:func:`prepare_sample` over a slice of a batch; module-level so worker processes can run it."""
+    return [prepare_sample(s, preprocess, want_phash) for s in samples]
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (the affinity mask, not the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def resolve_decode_workers(setting: int | None) -> int:
+    """``score.decode_workers``: an explicit count wins; ``None`` gives the cores torch leaves free.
+
+    torch is only consulted when already imported (a model-backed scorer was
+    built); the precomputed backend never pulls it in.
+    """
+    if setting is not None:
+        return setting
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch is not None else 1
+    return max(0, usable_cores() - threads)
+
+
+def split_even(items: list[Any], parts: int) -> list[list[Any]]:
+    """Contiguous, order-keeping slices of nearly equal size (no empty slice)."""
+    parts = max(1, min(parts, len(items)))
+    step, extra = divmod(len(items), parts)
+    out, start = [], 0
+    for i in range(parts):
+        stop = start + step + (1 if i < extra else 0)
+        out.append(items[start:stop])
+        start = stop
+    return out
+
+
 def histogram(scores: list[float]) -> list[int]:
     counts, _ = np.histogram(np.asarray(scores, dtype=np.float64), bins=HIST_BINS, range=HIST_RANGE)
     return counts.astype(int).tolist()
@@ -177,13 +235,25 @@ class ShardResult:
 
 class ShardScorer:
     """Scores download shards with one scorer; decoding of batch i+1 overlaps
-    the model's work on batch i (one decode thread)."""
+    the model's work on batch i.
+
+    One feeder thread prepares the next batch. With ``score.decode_workers`` > 0
+    it hands slices of that batch to worker processes (decode and resize are
+    CPU-bound and hold the GIL in parts, so threads would compete with the
+    model); with 0 it decodes in the thread itself. Both run the same
+    :func:`prepare_sample`, so results and bytes written do not depend on it.
+    """
 
     def __init__(self, scorer: Any, score_cfg: Any, val_fraction: float,
-                 eval_hashes: list[int], *, thresholds: Mapping[str, float]) -> None:
+                 eval_hashes: list[int], *, thresholds: Mapping[str, float],
+                 device_decode: bool | None = None) -> None:
         """``thresholds`` maps source *names* to their minimum score, resolved from
         the config's kind and name keys by :func:`~zhclip.pipeline.score.thresholds.plan_thresholds`
-        (``score_cfg.thresholds`` itself may be keyed by kind)."""
+        (``score_cfg.thresholds`` itself may be keyed by kind).
+
+        ``device_decode`` (default: on when the scorer runs on CUDA) decodes JPEGs
+        on the scorer's device in batches (:mod:`~zhclip.pipeline.score.device_decode`);
+        decontamination needs PIL's pixels for the hash, so it turns it off."""
         self.scorer = scorer
         self.cfg = score_cfg
         self.thresholds = dict(thresholds)
@@ -191,14 +261,77 @@ class ShardScorer:
         self.eval_index = I.phash_index(eval_hashes)
         self.want_phash = bool(eval_hashes) or bool(getattr(score_cfg, "near_duplicates", False))
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zhclip-decode")
+        self._preprocess = self._picklable_preprocess()
+        workers = resolve_decode_workers(getattr(score_cfg, "decode_workers", 0))
+        # A scorer whose preprocess cannot travel to another process decodes in-thread.
+        self.decode_workers = workers if self._preprocess is not False else 0
+        self._procs: ProcessPoolExecutor | None = None
+        self.device_decode = self._want_device_decode(device_decode)
         self.pairs_scored = 0
+
+    def _want_device_decode(self, asked: bool | None) -> bool:
+        if self.want_phash or not self.scorer.needs_images or not hasattr(self.scorer, "pixel_function"):
+            return False
+        if asked is not None:
+            return asked
+        from zhclip.pipeline.score.device_decode import device_decode_wanted
+
+        return device_decode_wanted(str(getattr(self.scorer, "device", "cpu")))
+
+    def _picklable_preprocess(self) -> Callable[[Any], Any] | None | bool:
+        """The preprocess function worker processes get; ``False`` when there is none to send."""
+        if not self.scorer.needs_images:
+            return None
+        make = getattr(self.scorer, "pixel_function", None)
+        return make() if make is not None else False
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
+        if self._procs is not None:
+            self._procs.shutdown(wait=True, cancel_futures=True)
+            self._procs = None
+
+    def _workers(self) -> ProcessPoolExecutor:
+        # spawn, not fork: the parent holds torch's thread pools and the feeder thread.
+        if self._procs is None:
+            self._procs = ProcessPoolExecutor(self.decode_workers,
+                                              mp_context=multiprocessing.get_context("spawn"))
+        return self._procs
+
+    def _prepare_with_text(self, batch: list[SH.DownloadedSample]) -> tuple[
+            list[PreparedSample], tuple[list[str], Any] | None]:
+        """Decode the batch and tokenise the captions that will be scored, on the feeder thread.
+
+        A sample found undecodable later (on the device) changes the scored list;
+        the tokens then no longer match and the scorer tokenises itself.
+        """
+        prepared = self._prepare(batch)
+        make = getattr(self.scorer, "prepare_text", None)
+        if make is None:
+            return prepared, None
+        captions = [p.sample.caption or "" for p in prepared if p.error is None
+                    and image_rules.overlap_reason(p.phash, self.eval_index, self.cfg.phash_distance) is None]
+        tokens = make(captions) if captions else None
+        return prepared, (captions, tokens) if tokens is not None else None
 
     def _prepare(self, batch: list[SH.DownloadedSample]) -> list[PreparedSample]:
-        preprocess = self.scorer.preprocess if self.scorer.needs_images else None
-        return [prepare_sample(s, preprocess, self.want_phash) for s in batch]
+        if self.device_decode:
+            light = [prepare_for_device(s) for s in batch]
+            rest = self._prepare_cpu([s for s, p in zip(batch, light, strict=True) if p is None])
+            it = iter(rest)
+            return [p if p is not None else next(it) for p in light]
+        return self._prepare_cpu(batch)
+
+    def _prepare_cpu(self, batch: list[SH.DownloadedSample]) -> list[PreparedSample]:
+        if not batch:
+            return []
+        if self.decode_workers == 0:
+            preprocess = self.scorer.preprocess if self.scorer.needs_images else None
+            return prepare_chunk(batch, preprocess, self.want_phash)
+        chunks = split_even(batch, self.decode_workers)
+        futures = [self._workers().submit(prepare_chunk, c, self._preprocess, self.want_phash)
+                   for c in chunks]
+        return [p for f in futures for p in f.result()]
 
     def score_shard(self, shard: SH.DownloadShard) -> tuple[ShardResult, SH.DownloadShardContents]:
         contents = SH.read_download_shard(shard)
@@ -212,19 +345,47 @@ class ShardScorer:
                 usable.append(sample)
         size = self.cfg.batch_size
         batches = [usable[i: i + size] for i in range(0, len(usable), size)]
-        pending = self._pool.submit(self._prepare, batches[0]) if batches else None
+        pending = self._pool.submit(self._prepare_with_text, batches[0]) if batches else None
         progress = tqdm(total=len(usable), desc=f"score {shard.name}", unit="pair", leave=False,
                         disable=None, mininterval=2.0)
         for i in range(len(batches)):
-            prepared = pending.result()
+            prepared, text = pending.result()
             if i + 1 < len(batches):
-                pending = self._pool.submit(self._prepare, batches[i + 1])
-            self._score_batch(prepared, result)
+                pending = self._pool.submit(self._prepare_with_text, batches[i + 1])
+            self._score_batch(prepared, result, text)
             progress.update(len(prepared))
         progress.close()
         return result, contents
 
-    def _score_batch(self, prepared: list[PreparedSample], result: ShardResult) -> None:
+    def _device_pixels(self, ok: list[PreparedSample], result: ShardResult) -> tuple[
+            list[PreparedSample], Any]:
+        """Decode the batch on the scorer's device; files it rejects take the PIL path.
+
+        A file the device cannot decode is prepared again on the CPU exactly as
+        the plain path would, so its record and its reject reason are the same.
+        """
+        from zhclip.pipeline.score.device_decode import decode_batch
+
+        preprocess = self.scorer.preprocess
+
+        def cpu_pixels(i: int):
+            p = ok[i]
+            if p.pixels is None:
+                ok[i] = p = prepare_sample(p.sample, preprocess, False)
+            return None if p.error else p.pixels
+
+        sc = self.scorer
+        # The downloaded bytes, not p.jpeg: a PNG's stored JPEG is a lossy re-encode.
+        batch, _, failed = decode_batch([p.sample.image or b"" for p in ok],
+                                        sc.image_size, sc.mean, sc.std, sc.device, cpu_pixels)
+        bad = set(failed)
+        for i in sorted(bad):
+            result.reject(ok[i].sample, image_rules.decode_reason(ok[i].error or "undecodable"))
+        return [p for i, p in enumerate(ok) if i not in bad], batch
+
+    def _score_batch(self, prepared: list[PreparedSample], result: ShardResult,
+                     text: tuple[list[str], Any] | None = None) -> None:
+        """``text``: (captions, tokens) the feeder thread made for this batch, or None."""
         ok = []
         for p in prepared:
             reason = (p.reason or image_rules.decode_reason(p.error)
@@ -233,12 +394,21 @@ class ShardScorer:
                 result.reject(p.sample, reason)
             else:
                 ok.append(p)
+        if self.device_decode:
+            ok, images = self._device_pixels(ok, result)
+        else:
+            images = [p.pixels for p in ok]
         if not ok:
             return
+        captions = [p.sample.caption or "" for p in ok]
+        extra = {}
+        if text is not None and text[0] == captions:  # tokens made ahead match what is scored
+            extra["text"] = text[1]
         values = self.scorer.score(
-            [p.pixels for p in ok],
-            [p.sample.caption or "" for p in ok],
+            images,
+            captions,
             similarity=[p.sample.similarity for p in ok],
+            **extra,
         )
         self.pairs_scored += len(ok)
         for p, value in zip(ok, values, strict=True):
