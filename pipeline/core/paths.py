@@ -38,7 +38,16 @@ def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
 
         return PyFileSystem(FSSpecHandler(filesystem("hf"))), uri[len("hf://") :]
     if _is_remote(uri):
-        fs, path = pafs.FileSystem.from_uri(uri)
+        try:
+            fs, path = pafs.FileSystem.from_uri(uri)
+        except pa.ArrowInvalid:
+            # A scheme pyarrow has no native filesystem for (memory://, s3-compatible
+            # stores through fsspec plugins, ...): serve it through fsspec.
+            import fsspec
+            from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+            ffs, path = fsspec.core.url_to_fs(uri)
+            return PyFileSystem(FSSpecHandler(ffs)), path
         return fs, path
     return pafs.LocalFileSystem(), os.path.abspath(_strip_file_scheme(uri))
 

@@ -44,6 +44,11 @@ def make_jpeg(seed: int, size: int = 64, fmt: str = "JPEG") -> bytes:
     return out.getvalue()
 
 
+def synthetic_url(key: str) -> str:
+    """The URL a synthetic download row claims (stage 3 draws the val split by it)."""
+    return f"http://127.0.0.1/{key}.jpg"
+
+
 @dataclass
 class Row:
     key: str
@@ -68,7 +73,7 @@ def write_download_shard(folder: Path, name: str, rows: list[Row], seed: int = 0
                 image = make_jpeg(int(hashlib.sha1(row.key.encode()).hexdigest()[:8], 16))
             ok = image is not None
             meta = {
-                S.KEY: row.key, S.URL: f"http://127.0.0.1/{row.key}.jpg", S.CAPTION: row.caption,
+                S.KEY: row.key, S.URL: synthetic_url(row.key), S.CAPTION: row.caption,
                 S.SOURCE: row.source, S.SOURCE_ID: row.key.rsplit("_", 1)[-1],
                 S.CAPTION_ORIG: row.caption_orig, S.SIMILARITY: row.similarity,
                 "status": "success" if ok else "failed_to_download",

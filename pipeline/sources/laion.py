@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 from zhclip.pipeline.core import reasons as RS
 from zhclip.pipeline.core import schema as S
 from zhclip.pipeline.core.config import SourceConfig
+from zhclip.pipeline.core.errors import ConfigError
 from zhclip.pipeline.sources.common import (
     PartialRead,
     SourceBatch,
@@ -80,6 +81,8 @@ def read(src: SourceConfig, path: str) -> Iterator[SourceBatch]:
     groups, total_rows = parquet_row_groups(path)
     try:
         yield from _read_groups(src, path, groups)
+    except ConfigError:
+        raise
     except Exception as err:  # noqa: BLE001 - any failure: count the unread rows exactly
         raise PartialRead(err, total_rows) from err
 
@@ -107,7 +110,9 @@ def _read_groups(src: SourceConfig, path: str, groups) -> Iterator[SourceBatch]:
             wanted[found] = ours
     for key, col in (("max_punsafe", S.PUNSAFE), ("max_pwatermark", S.PWATERMARK)):
         if getattr(src, key) is not None and col not in wanted.values():
-            raise ValueError(f"{path}: source {src.name} sets {key} but the file has no {col} column")
+            # a config that asks for a rule the data cannot answer: stop, do not reject rows
+            raise ConfigError(f"{path}: source {src.name} sets {key} but the file has no {col} column; "
+                              f"unset {key} for this source or point it at files with {col}")
     _check_types(path, schema, wanted, lang_col if languages else None)
     matched = 0
     stem = file_stem(path)

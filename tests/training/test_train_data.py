@@ -153,10 +153,10 @@ def test_eval_stream_reads_val_once_in_order(dataset, tokenizer):
 
 def test_manifest_listing_a_missing_shard_is_refused(dataset, tmp_path):
     copy = tmp_path / "copy"
-    copy.mkdir()
-    for f in dataset.iterdir():
-        if f.name != "train-000002.tar":
-            (copy / f.name).symlink_to(f)
+    for f in dataset.rglob("*"):  # the same files (split folders too), less one train shard
+        if f.is_file() and f.name != "train-000002.tar":
+            (copy / f.relative_to(dataset)).parent.mkdir(parents=True, exist_ok=True)
+            (copy / f.relative_to(dataset)).symlink_to(f)
     with pytest.raises(FileNotFoundError, match=r"lists 1 shard\(s\) that are missing: .*train-000002.tar"):
         list_shards(str(copy), "train")
     assert len(list_shards(str(copy), "val")) == 1  # the other split is whole

@@ -66,6 +66,12 @@ def _copies_folder(folder: Path) -> None:
     write_download_shard(folder / SH.DOWNLOADS_DIR, "00001", rows[3:], seed=2)
 
 
+def _dataset_bytes(root) -> dict[str, bytes]:
+    """Every file of the final dataset (split folders included), by relative path."""
+    folder = root / SH.DATASET_DIR
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def test_reencoded_and_resized_copies_end_as_one_sample_and_rerun_is_identical(tmp_path):
     _copies_folder(tmp_path)
     report = run_score(_cfg(tmp_path), [])
@@ -73,9 +79,9 @@ def test_reencoded_and_resized_copies_end_as_one_sample_and_rerun_is_identical(t
     assert kept == ["wukong_a", "wukong_e", "wukong_f"]  # smallest key of the copies survives
     assert _reasons(tmp_path) == {k: RS.REASON_NEAR_DUPLICATE_IMAGE for k in ("wukong_b", "wukong_c", "wukong_d")}
     assert report["total"]["balanced"] and report["total"]["rows_in"] == 6
-    first = {p.name: p.read_bytes() for p in sorted((tmp_path / SH.DATASET_DIR).iterdir())}
+    first = _dataset_bytes(tmp_path)
     run_score(_cfg(tmp_path), [])
-    assert {p.name: p.read_bytes() for p in sorted((tmp_path / SH.DATASET_DIR).iterdir())} == first
+    assert _dataset_bytes(tmp_path) == first
 
 
 def test_banding_groups_copies_an_exact_hash_misses(tmp_path):

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from zhclip.pipeline.cli import main as cli_main
 from zhclip.pipeline.core import schema as S
-from zhclip.pipeline.demo.synthetic import ZH_CAPTIONS, Row, write_download_shard
+from zhclip.pipeline.demo.synthetic import ZH_CAPTIONS, Row, synthetic_url, write_download_shard
 from zhclip.pipeline.shards import card, loading
 from zhclip.pipeline.shards import format as SH
 from zhclip.pipeline.shards import reader as RD
@@ -32,7 +32,7 @@ from zhclip.training.data import list_shards
 # float there: the case where a client inferring types from the first samples
 # types the columns as null and fails on the first real value.
 
-N_ROWS = 40
+N_ROWS = 56
 VAL_FRACTION = 0.25
 SAMPLES_PER_SHARD = 8
 NULL_FIRST = 5  # the webdataset builder infers features from 5 samples
@@ -43,7 +43,8 @@ def null_first_rows() -> list[Row]:
     keys = [f"k{i:04d}" for i in range(N_ROWS)]
     by_split: dict[str, list[str]] = {}
     for key in sorted(keys, key=SH.order_key):  # the position stage 3 gives each sample
-        by_split.setdefault(SH.split_for_key(key, VAL_FRACTION), []).append(key)
+        # stage 3 draws the split by image (the URL), so all captions of one image stay together
+        by_split.setdefault(SH.split_for_key(synthetic_url(key), VAL_FRACTION), []).append(key)
     assert all(len(v) > NULL_FIRST + 2 for v in by_split.values()), "too few keys per split"
     rows = []
     for split_keys in by_split.values():
@@ -186,7 +187,10 @@ def test_first_flat_layout_still_reads(null_first_dataset, tmp_path, with_manife
     assert [s.name for s in shards] == want
     assert all(Path(s.tar).parent == flat and Path(s.tar).is_file() for s in shards)
     train_tars = [s.tar for s in shards if s.split == "train"]
-    assert [sh.url for sh in list_shards(str(flat), "train")] == train_tars  # training
+    if not with_manifest:  # training reads a folder without a manifest only when told to glob
+        with pytest.raises(FileNotFoundError, match="train.data.glob"):
+            list_shards(str(flat), "train")
+    assert [sh.url for sh in list_shards(str(flat), "train", allow_glob=True)] == train_tars  # training
     assert loading.webdataset_urls(str(flat), "train") == train_tars  # loaders
     opened = RD.open_folder(str(flat))  # inspection
     assert opened.kind == RD.KIND_DATASET and [r.name for r in opened.shards] == want
@@ -202,7 +206,7 @@ def test_split_layout_without_manifest_reads(null_first_dataset, tmp_path):
     want = [s.name for s in SH.dataset_shards(str(null_first_dataset))]
     assert [s.name for s in SH.dataset_shards(str(copy))] == want
     assert [r.name for r in RD.open_folder(str(copy)).shards] == want
-    assert [Path(sh.url).parent.name for sh in list_shards(str(copy), "val")] == ["val"] * len(
+    assert [Path(sh.url).parent.name for sh in list_shards(str(copy), "val", allow_glob=True)] == ["val"] * len(
         [n for n in want if n.startswith("val")])
 
 

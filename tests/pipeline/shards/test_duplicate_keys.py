@@ -17,6 +17,7 @@ from zhclip.pipeline.core.config import config_from_dict
 from zhclip.pipeline.demo.synthetic import Row, make_jpeg, write_download_shard
 from zhclip.pipeline.inspect.verify import DUPLICATE_KEY, verify_folder
 from zhclip.pipeline.score.job import run_score
+from zhclip.pipeline.shards import format as SH
 from zhclip.pipeline.shards.format import group_tar_members
 from zhclip.pipeline.shards.reader import open_folder
 
@@ -49,14 +50,8 @@ def test_score_rejects_every_copy_of_a_duplicate_key_and_survives_a_list_json(tm
     assert report["total"]["reasons"][RS.REASON_DUPLICATE_KEY] == 2
     # wukong_c: a row without pixels; wukong_list: pixels whose json is a list (no metadata)
     assert report["total"]["reasons"][RS.REASON_MISSING_MEMBER] == 2
-    kept = {r["key"] for r in _parquet_rows(tmp_path / "dataset")}
+    kept = set(SH.read_dataset_table(str(tmp_path / "dataset")).column("key").to_pylist())
     assert kept == {"wukong_a", "wukong_b"}
-
-
-def _parquet_rows(folder: Path) -> list[dict]:
-    import pyarrow.parquet as pq
-
-    return [r for f in sorted(folder.glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
 
 
 def test_verify_reports_a_duplicate_key_in_a_download_folder(tmp_path):
