@@ -83,6 +83,8 @@ def zhclip_trainer(root: Path, image: dict, bert: Path, batch: int, cuda: bool):
         "stage2": {"steps": 1000, "batch_size": batch, "warmup": 10},
         "output": str(root / "train"), "precision": "bf16" if cuda else "fp32",
         "device": "cuda" if cuda else "cpu",
+        # speed, not accuracy: small synthetic images feed the real-size towers
+        "allow_upscale": True,
     }
     return Trainer(train_config_from_dict(section), setup_runtime(section["device"],
                                                                   section["precision"]))

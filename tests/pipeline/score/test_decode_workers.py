@@ -29,7 +29,8 @@ def _cfg(out: Path, models: dict[str, str], workers: int):
 
 
 def _files(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != SH.MANIFEST_NAME}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != SH.MANIFEST_NAME}
 
 
 def _downloads(folder: Path) -> None:
