@@ -50,6 +50,7 @@ from zhclip.pipeline.core.config import config_from_dict  # noqa: E402
 from zhclip.pipeline.demo.synthetic import ZH_CAPTIONS, Row, make_jpeg, write_download_shard  # noqa: E402
 from zhclip.pipeline.score.backends import build_scorer  # noqa: E402
 from zhclip.pipeline.score.steps import ShardScorer  # noqa: E402
+from zhclip.pipeline.shards import downloads as DL  # noqa: E402
 from zhclip.pipeline.shards import format as SH  # noqa: E402
 
 # --small sizes: enough layers to exercise every code path, seconds on one core.
@@ -101,8 +102,8 @@ def bench_scoring(root: Path, small: bool, cuda: bool) -> dict[str, Any]:
     })
     scorer = build_scorer(cfg.score)
     setup_s = time.perf_counter() - t0
-    shards = SH.list_download_shards(str(downloads))
-    samples = [s for sh in shards for s in SH.read_download_shard(sh).samples]
+    shards = DL.list_download_shards(str(downloads))
+    samples = [s for sh in shards for s in DL.read_download_shard(sh).samples]
     arrays = [scorer.preprocess(I.decode_image(s.image)) for s in samples]
     captions = [s.caption for s in samples]
     if cuda:

@@ -46,6 +46,7 @@ from zhclip.pipeline.core.config import config_from_dict, config_to_dict  # noqa
 from zhclip.pipeline.demo.synthetic import ZH_CAPTIONS, Row, write_download_shard  # noqa: E402
 from zhclip.pipeline.score.backends import build_scorer  # noqa: E402
 from zhclip.pipeline.score.job import ScoreShard, run_score  # noqa: E402
+from zhclip.pipeline.shards import downloads as DL  # noqa: E402
 from zhclip.pipeline.shards import format as SH  # noqa: E402
 
 
@@ -121,7 +122,7 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def score_step(cfg, shards: list[SH.DownloadShard], decode_workers: int | None = None) -> float:
+def score_step(cfg, shards: list[DL.DownloadShard], decode_workers: int | None = None) -> float:
     from apache_beam.utils.shared import Shared
 
     data = config_to_dict(cfg)
@@ -177,12 +178,12 @@ def main() -> int:
                       "dedup_images": True},
             "shards": {"samples_per_shard": 10_000, "val_fraction": 0.001},
         })
-        shards = SH.list_download_shards(str(root / "out" / SH.DOWNLOADS_DIR))
+        shards = DL.list_download_shards(str(root / "out" / SH.DOWNLOADS_DIR))
 
         t0 = time.perf_counter()
         scorer = build_scorer(cfg.score)
         load_s = time.perf_counter() - t0
-        samples = [s for sh in shards for s in SH.read_download_shard(sh).samples]
+        samples = [s for sh in shards for s in DL.read_download_shard(sh).samples]
         arrays = [scorer.preprocess(I.decode_image(s.image)) for s in samples]
         captions = [s.caption for s in samples]
 

@@ -64,6 +64,7 @@ from zhclip.pipeline.score.steps import (
     histogram,
 )
 from zhclip.pipeline.score.thresholds import plan_thresholds
+from zhclip.pipeline.shards import downloads as DL
 from zhclip.pipeline.shards import format as SH
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ class ScoreShard(beam.DoFn):
         if steps is not None:
             steps.close()
 
-    def process(self, shard: SH.DownloadShard) -> Iterator[Any]:
+    def process(self, shard: DL.DownloadShard) -> Iterator[Any]:
         before = self._steps.pairs_scored
         result, contents = self._steps.score_shard(shard)
         self._pairs.inc(self._steps.pairs_scored - before)
@@ -365,7 +366,7 @@ def finalize(_: Any, out: str, cfg_dict: dict[str, Any], shard_infos: list[dict[
     return report
 
 
-def build_pipeline(p: beam.Pipeline, cfg: Config, shards: list[SH.DownloadShard],
+def build_pipeline(p: beam.Pipeline, cfg: Config, shards: list[DL.DownloadShard],
                    eval_hashes: list[int]) -> None:
     out = cfg.output
     cfg_dict = config_to_dict(cfg)
@@ -511,11 +512,11 @@ def run_score(cfg: Config, beam_args: list[str] | None = None,
     first so that a wrong path fails in seconds, not inside every worker.
     """
     folder = downloads or paths.join(cfg.output, SH.DOWNLOADS_DIR)
-    shards = SH.list_download_shards(folder)
+    shards = DL.list_download_shards(folder)
     if not shards:
         raise FileNotFoundError(f"no download shards (*.tar / *.parquet) in {folder}; "
                                 "run `zhclip download` first or pass --downloads")
-    absent = SH.check_download_columns(shards, folder)
+    absent = DL.check_download_columns(shards, folder)
     if absent:
         log.warning("%s lacks column(s) %s: %s", folder, ", ".join(absent),
                     "keys stay img2dataset's own" if S.ZHCLIP_KEY in absent else "left null")

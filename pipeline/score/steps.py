@@ -29,6 +29,7 @@ from zhclip.filters import image_rules
 from zhclip.filters import images as I
 from zhclip.pipeline.core import reasons as RS
 from zhclip.pipeline.core import schema as S
+from zhclip.pipeline.shards import downloads as DL
 from zhclip.pipeline.shards import format as SH
 
 STAGE = "score"
@@ -43,7 +44,7 @@ IMAGE = "image"
 PHASH = "phash"
 
 
-def reject_row(sample: SH.DownloadedSample, reason: str) -> dict[str, Any]:
+def reject_row(sample: DL.DownloadedSample, reason: str) -> dict[str, Any]:
     return {
         S.KEY: sample.key,
         S.SOURCE: sample.source,
@@ -59,7 +60,7 @@ class PreparedSample:
 
     __slots__ = ("sample", "jpeg", "sha256", "width", "height", "pixels", "phash", "error", "reason")
 
-    def __init__(self, sample: SH.DownloadedSample) -> None:
+    def __init__(self, sample: DL.DownloadedSample) -> None:
         self.sample = sample
         self.jpeg: bytes = b""
         self.sha256 = ""
@@ -70,14 +71,14 @@ class PreparedSample:
         self.reason: str | None = None  # a reject reason found while preparing (bad_region)
 
 
-def region_box(sample: SH.DownloadedSample) -> tuple | None:
+def region_box(sample: DL.DownloadedSample) -> tuple | None:
     """The (x, y, w, h) region box a region-level pair carries, or None for whole-image pairs."""
     meta = sample.meta or {}
     box = tuple(meta.get(c) for c in (S.REGION_X, S.REGION_Y, S.REGION_W, S.REGION_H))
     return None if all(v is None for v in box) else box
 
 
-def crop_to_region(sample: SH.DownloadedSample, image: Any, box: tuple) -> Any | None:
+def crop_to_region(sample: DL.DownloadedSample, image: Any, box: tuple) -> Any | None:
     """The stored image cropped to ``box`` (scaled from the source's size), or None if empty."""
     meta = sample.meta or {}
     pixels = image_rules.scaled_box(
@@ -92,7 +93,7 @@ def _encode_jpeg(image: Any) -> bytes:
     return buf.getvalue()
 
 
-def prepare_sample(sample: SH.DownloadedSample, preprocess: Callable[[Any], Any] | None,
+def prepare_sample(sample: DL.DownloadedSample, preprocess: Callable[[Any], Any] | None,
                    want_phash: bool) -> PreparedSample:
     """Decode one sample; a decode failure is recorded on the result, never raised.
 
@@ -123,7 +124,7 @@ def prepare_sample(sample: SH.DownloadedSample, preprocess: Callable[[Any], Any]
     return out
 
 
-def prepare_for_device(sample: SH.DownloadedSample) -> PreparedSample | None:
+def prepare_for_device(sample: DL.DownloadedSample) -> PreparedSample | None:
     """A JPEG the device will decode: bytes, hash and size from the header, no CPU decode.
 
     ``None`` when the sample needs the CPU path (not a device-decodable JPEG).
@@ -140,7 +141,7 @@ def prepare_for_device(sample: SH.DownloadedSample) -> PreparedSample | None:
     return out
 
 
-def prepare_chunk(samples: list[SH.DownloadedSample], preprocess: Callable[[Any], Any] | None,
+def prepare_chunk(samples: list[DL.DownloadedSample], preprocess: Callable[[Any], Any] | None,
                   want_phash: bool) -> list[PreparedSample]:
     """:func:`prepare_sample` over a slice of a batch; module-level so worker processes can run it."""
     return [prepare_sample(s, preprocess, want_phash) for s in samples]
@@ -183,7 +184,7 @@ def histogram(scores: list[float]) -> list[int]:
     return counts.astype(int).tolist()
 
 
-def split_key(sample: SH.DownloadedSample) -> str:
+def split_key(sample: DL.DownloadedSample) -> str:
     """What the train/val split is drawn by: the image (its URL), not the caption.
 
     COCO, Visual Genome and LAION give one image several captions, each its own
@@ -223,7 +224,7 @@ class ShardResult:
     counts: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
     scores: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
 
-    def reject(self, sample: SH.DownloadedSample, reason: str) -> None:
+    def reject(self, sample: DL.DownloadedSample, reason: str) -> None:
         self.counts[sample.source][reason] += 1
         self.rejects.append(reject_row(sample, reason))
 
@@ -298,7 +299,7 @@ class ShardScorer:
                                               mp_context=multiprocessing.get_context("spawn"))
         return self._procs
 
-    def _prepare_with_text(self, batch: list[SH.DownloadedSample]) -> tuple[
+    def _prepare_with_text(self, batch: list[DL.DownloadedSample]) -> tuple[
             list[PreparedSample], tuple[list[str], Any] | None]:
         """Decode the batch and tokenise the captions that will be scored, on the feeder thread.
 
@@ -314,7 +315,7 @@ class ShardScorer:
         tokens = make(captions) if captions else None
         return prepared, (captions, tokens) if tokens is not None else None
 
-    def _prepare(self, batch: list[SH.DownloadedSample]) -> list[PreparedSample]:
+    def _prepare(self, batch: list[DL.DownloadedSample]) -> list[PreparedSample]:
         if self.device_decode:
             light = [prepare_for_device(s) for s in batch]
             rest = self._prepare_cpu([s for s, p in zip(batch, light, strict=True) if p is None])
@@ -322,7 +323,7 @@ class ShardScorer:
             return [p if p is not None else next(it) for p in light]
         return self._prepare_cpu(batch)
 
-    def _prepare_cpu(self, batch: list[SH.DownloadedSample]) -> list[PreparedSample]:
+    def _prepare_cpu(self, batch: list[DL.DownloadedSample]) -> list[PreparedSample]:
         if not batch:
             return []
         if self.decode_workers == 0:
@@ -333,8 +334,8 @@ class ShardScorer:
                    for c in chunks]
         return [p for f in futures for p in f.result()]
 
-    def score_shard(self, shard: SH.DownloadShard) -> tuple[ShardResult, SH.DownloadShardContents]:
-        contents = SH.read_download_shard(shard)
+    def score_shard(self, shard: DL.DownloadShard) -> tuple[ShardResult, DL.DownloadShardContents]:
+        contents = DL.read_download_shard(shard)
         result = ShardResult()
         usable = []
         for sample in contents.samples:

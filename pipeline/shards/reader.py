@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 from zhclip.pipeline.core import paths
 from zhclip.pipeline.core import schema as S
+from zhclip.pipeline.shards import downloads as DL
 from zhclip.pipeline.shards import format as SH
 
 KIND_DATASET = "dataset"
@@ -117,7 +118,7 @@ def open_folder(path: str) -> ShardFolder:
 
 def _open_kind(uri: str, kind: str) -> ShardFolder:
     if kind == KIND_DOWNLOADS:
-        shards = [ShardRef(s.name, None, s.tar, s.parquet) for s in SH.list_download_shards(uri)]
+        shards = [ShardRef(s.name, None, s.tar, s.parquet) for s in DL.list_download_shards(uri)]
         return ShardFolder(uri, kind, shards)
     manifest, manifest_error = None, None
     if paths.exists(paths.join(uri, SH.MANIFEST_NAME)):

@@ -11,6 +11,7 @@ from zhclip.pipeline.score import steps as ST
 from zhclip.pipeline.score.backends import build_scorer
 from zhclip.pipeline.score.job import run_score
 from zhclip.pipeline.score.tiny_mclip import build_tiny_models
+from zhclip.pipeline.shards import downloads as DL
 from zhclip.pipeline.shards import format as SH
 
 
@@ -55,7 +56,7 @@ def test_worker_processes_write_the_same_bytes_as_the_plain_path(tiny_models, tm
 
 def test_shard_scorer_really_uses_processes_and_keeps_order(tiny_models, tmp_path):
     standard_downloads(tmp_path / SH.DOWNLOADS_DIR, n_shards=1, per_shard=11)
-    shard = SH.list_download_shards(str(tmp_path / SH.DOWNLOADS_DIR))[0]
+    shard = DL.list_download_shards(str(tmp_path / SH.DOWNLOADS_DIR))[0]
     results = {}
     for workers in (0, 3):
         cfg = _cfg(tmp_path, tiny_models, workers)
@@ -97,10 +98,10 @@ def test_captions_are_tokenised_on_the_feeder_thread_with_equal_scores(tiny_mode
     import numpy as np
 
     standard_downloads(tmp_path / SH.DOWNLOADS_DIR, n_shards=1, per_shard=7)
-    shard = SH.list_download_shards(str(tmp_path / SH.DOWNLOADS_DIR))[0]
+    shard = DL.list_download_shards(str(tmp_path / SH.DOWNLOADS_DIR))[0]
     cfg = _cfg(tmp_path, tiny_models, 0)
     scorer = build_scorer(cfg.score)
-    samples = SH.read_download_shard(shard).samples
+    samples = DL.read_download_shard(shard).samples
     images = [scorer.preprocess(ST.I.decode_image(s.image)) for s in samples]
     captions = [s.caption for s in samples]
     ahead = scorer.prepare_text(captions)

@@ -16,7 +16,7 @@ from zhclip.pipeline.score import device_decode as D
 from zhclip.pipeline.score import steps as ST
 from zhclip.pipeline.score.backends import build_scorer
 from zhclip.pipeline.score.tiny_mclip import build_tiny_models
-from zhclip.pipeline.shards import format as SH
+from zhclip.pipeline.shards import downloads as DL
 
 
 def _photo(w: int, h: int, seed: int = 0) -> Image.Image:
@@ -111,7 +111,7 @@ def test_shard_scorer_device_path_scores_equal_the_plain_path(tmp_path):
     rows += [Row("wukong_png", image=PNG), Row("wukong_prog", image=PROGRESSIVE),
              Row("wukong_cmyk", image=CMYK), Row("wukong_html", image=b"<html>404</html>")]
     write_download_shard(tmp_path / "dl", "00000", rows, seed=1)
-    shard = SH.list_download_shards(str(tmp_path / "dl"))[0]
+    shard = DL.list_download_shards(str(tmp_path / "dl"))[0]
     cfg = config_from_dict({"output": str(tmp_path), "score": {
         **models, "batch_size": 5, "device": "cpu", "thresholds": {}, "decode_workers": 0}})
     out = {}

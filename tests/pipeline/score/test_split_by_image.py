@@ -6,12 +6,13 @@ from collections import defaultdict
 
 from zhclip.pipeline.demo.synthetic import make_jpeg
 from zhclip.pipeline.score.steps import kept_record, prepare_sample
+from zhclip.pipeline.shards import downloads as DL
 from zhclip.pipeline.shards import format as SH
 
 
-def _coco_caption(image_id: int, ann_id: int, jpeg: bytes) -> SH.DownloadedSample:
+def _coco_caption(image_id: int, ann_id: int, jpeg: bytes) -> DL.DownloadedSample:
     url = f"http://images.cocodataset.org/train2014/COCO_train2014_{image_id:012d}.jpg"
-    return SH.DownloadedSample(key=f"coco_zh_{ann_id}", source="coco_zh", url=url,
+    return DL.DownloadedSample(key=f"coco_zh_{ann_id}", source="coco_zh", url=url,
                                caption=f"第{ann_id}句", caption_orig=None, similarity=None,
                                image=jpeg, member=f"{ann_id:09d}", meta={})
 
@@ -30,7 +31,7 @@ def test_all_captions_of_a_coco_image_land_in_one_split():
 
 
 def test_a_sample_without_url_is_split_by_its_key():
-    sample = SH.DownloadedSample(key="x_1", source="x", url=None, caption="猫", caption_orig=None,
+    sample = DL.DownloadedSample(key="x_1", source="x", url=None, caption="猫", caption_orig=None,
                                  similarity=None, image=make_jpeg(2), member="1", meta={})
     rec = kept_record(prepare_sample(sample, None, False), None, val_fraction=0.5)
     assert rec["split"] == SH.split_for_key("x_1", 0.5)

@@ -14,6 +14,7 @@ from zhclip.pipeline.core import schema as S
 from zhclip.pipeline.core.errors import UsageError
 from zhclip.pipeline.demo.synthetic import make_jpeg
 from zhclip.pipeline.shards import card, loading
+from zhclip.pipeline.shards import downloads as DL
 from zhclip.pipeline.shards import format as SH
 
 MANIFEST = {"splits": {"val": {"shards": 1, "samples": 3}, "train": {"shards": 2, "samples": 17}}}
@@ -67,10 +68,10 @@ def test_plain_img2dataset_shard_gets_zhclip_keys_and_sources_back(tmp_path):
         {S.ZHCLIP_KEY: "laion_zh_7", S.SOURCE: "laion_zh", S.SIMILARITY: 0.31},
         {S.ZHCLIP_KEY: "coco_zh_9", S.SOURCE: "coco_zh", S.CAPTION_ORIG: "a cat"},
     ])
-    shards = SH.list_download_shards(str(tmp_path))
-    assert SH.check_download_columns(shards, str(tmp_path)) == sorted(
+    shards = DL.list_download_shards(str(tmp_path))
+    assert DL.check_download_columns(shards, str(tmp_path)) == sorted(
         set(S.I2D_RECOMMENDED_COLUMNS) - {S.ZHCLIP_KEY, S.SOURCE, S.SIMILARITY, S.CAPTION_ORIG})
-    by_key = {s.key: s for s in SH.read_download_shard(shards[0]).samples}
+    by_key = {s.key: s for s in DL.read_download_shard(shards[0]).samples}
     assert sorted(by_key) == ["coco_zh_9", "laion_zh_7"]  # not img2dataset's 000000000
     assert (by_key["laion_zh_7"].source, by_key["laion_zh_7"].similarity) == ("laion_zh", 0.31)
     assert by_key["coco_zh_9"].caption_orig == "a cat" and by_key["coco_zh_9"].image == make_jpeg(1)
@@ -78,15 +79,15 @@ def test_plain_img2dataset_shard_gets_zhclip_keys_and_sources_back(tmp_path):
 
 def test_without_zhclip_key_the_img2dataset_keys_stay_and_are_reported(tmp_path):
     plain_img2dataset_shard(tmp_path, [{S.SOURCE: "wukong"}])
-    shards = SH.list_download_shards(str(tmp_path))
-    assert S.ZHCLIP_KEY in SH.check_download_columns(shards, str(tmp_path))
-    assert [s.key for s in SH.read_download_shard(shards[0]).samples] == ["000000000"]
+    shards = DL.list_download_shards(str(tmp_path))
+    assert S.ZHCLIP_KEY in DL.check_download_columns(shards, str(tmp_path))
+    assert [s.key for s in DL.read_download_shard(shards[0]).samples] == ["000000000"]
 
 
 def test_missing_source_stops_with_the_columns_named(tmp_path):
     plain_img2dataset_shard(tmp_path, [{S.ZHCLIP_KEY: "wukong_1"}])
     with pytest.raises(UsageError) as info:
-        SH.check_download_columns(SH.list_download_shards(str(tmp_path)), str(tmp_path))
+        DL.check_download_columns(DL.list_download_shards(str(tmp_path)), str(tmp_path))
     message = str(info.value)
     assert "00000.parquet has no column source" in message
     assert json.dumps(list(S.I2D_RECOMMENDED_COLUMNS)) in message  # the flag value that fixes it
@@ -95,4 +96,4 @@ def test_missing_source_stops_with_the_columns_named(tmp_path):
 def test_stage2_output_needs_no_extra_columns(tmp_path):
     """zhclip download writes its own keys and error_class: nothing to warn about."""
     plain_img2dataset_shard(tmp_path, [{S.SOURCE: "wukong", S.ERROR_CLASS: None}])
-    assert SH.check_download_columns(SH.list_download_shards(str(tmp_path)), str(tmp_path)) == []
+    assert DL.check_download_columns(DL.list_download_shards(str(tmp_path)), str(tmp_path)) == []

@@ -12,6 +12,7 @@ import pytest
 from zhclip.pipeline.core import reasons as RS
 from zhclip.pipeline.core import schema as S
 from zhclip.pipeline.demo.synthetic import Row, make_jpeg, write_download_shard
+from zhclip.pipeline.shards import downloads as DL
 from zhclip.pipeline.shards import format as SH
 
 
@@ -118,8 +119,8 @@ def test_download_reader_joins_on_key_and_reports_missing_members(tmp_path):
     ]
     orphan = Row("wukong_9")
     write_download_shard(tmp_path, "00000", rows, extra_tar_only=[orphan])
-    (shard,) = SH.list_download_shards(str(tmp_path))
-    contents = SH.read_download_shard(shard)
+    (shard,) = DL.list_download_shards(str(tmp_path))
+    contents = DL.read_download_shard(shard)
     by_key = {s.key: s for s in contents.samples}
     assert sorted(by_key) == ["laion_zh_4", "wukong_1", "wukong_3", "wukong_9"]
     assert contents.not_success_rows == 1
@@ -139,10 +140,10 @@ def test_download_reader_survives_truncated_tar_and_missing_halves(tmp_path):
     (tmp_path / "00001.tar").unlink()
     (tmp_path / "00002.parquet").unlink()
     (tmp_path / "00003_stats.json").write_text("{}")
-    shards = SH.list_download_shards(str(tmp_path))
+    shards = DL.list_download_shards(str(tmp_path))
     assert [(s.name, s.tar is not None, s.parquet is not None) for s in shards] == [
         ("00000", True, True), ("00001", False, True), ("00002", True, False)]
-    c0, c1, c2 = (SH.read_download_shard(s) for s in shards)
+    c0, c1, c2 = (DL.read_download_shard(s) for s in shards)
     assert len(c0.samples) == 6 and any("cut short" in n for n in c0.notes)
     missing = [s.key for s in c0.samples if s.problem == RS.REASON_MISSING_MEMBER]
     assert 0 < len(missing) < 6
@@ -169,8 +170,8 @@ def test_reader_reads_real_img2dataset_output(tmp_path):
              caption_col="caption", save_additional_columns=["source"], output_format="webdataset",
              output_folder=str(tmp_path / "out"), image_size=32, processes_count=1,
              thread_count=2, compute_hash="sha256", distributor="multiprocessing")
-    (shard,) = SH.list_download_shards(str(tmp_path / "out"))
-    contents = SH.read_download_shard(shard)
+    (shard,) = DL.list_download_shards(str(tmp_path / "out"))
+    contents = DL.read_download_shard(shard)
     assert contents.not_success_rows == 1
     assert len(contents.samples) == 4
     assert all(s.problem is None and s.image and s.source == "wukong" for s in contents.samples)
