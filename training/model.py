@@ -201,8 +201,13 @@ def build_image_tower(image: ImageTowerConfig) -> tuple[nn.Module, dict[str, Any
             "set train.image.config_file to register a config"
         )
     model_cfg = copy.deepcopy(model_cfg)
+    # OpenAI's weights (the `openai` tag, or their TorchScript .pt files) were trained
+    # with QuickGELU: a plain `ViT-B-16` config name would build nn.GELU and shift every
+    # feature, so the weights decide unless the config says otherwise.
+    openai_weights = image.pretrained == "openai" or bool(
+        image.pretrained and is_torchscript_archive(image.pretrained))
     quick_gelu = bool(image.quick_gelu) if image.quick_gelu is not None else bool(
-        model_cfg.get("quick_gelu", False)
+        model_cfg.get("quick_gelu", False) or openai_weights
     )
     scale = None
     if image.pretrained and is_torchscript_archive(image.pretrained):

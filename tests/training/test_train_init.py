@@ -113,3 +113,28 @@ def test_a_model_larger_than_the_corpus_images_is_an_error_unless_forced(world):
                                                 data={"resolution": 32})), rt)
     small = write_tiny_image_tower(world["root"] / "t32", name="Tiny-ViT-i32")
     Trainer(train_config_from_dict(_section(world, small, output=str(world["root"] / "e"))), rt)
+
+
+def test_openai_weights_build_a_quick_gelu_tower_under_a_plain_config_name(world):
+    """`ViT-B-16` + OpenAI weights: the config name says nn.GELU, the weights QuickGELU.
+
+    The weights must win (as for the mclip scorer), else every feature is computed
+    on a shifted model: the tower must equal open_clip's own OpenAI loader."""
+    import json
+
+    import open_clip
+
+    image = write_tiny_openai_archive(world["root"] / "oai-plain", name="Tiny-OAI-q", cfg=OPENAI_TINY)
+    cfg = json.loads(Path(image["config_file"]).read_text(encoding="utf-8"))
+    cfg.pop("quick_gelu", None)  # what open_clip's plain (non "-quickgelu") names look like
+    plain = Path(image["config_file"]).with_name("Tiny-OAI-plain.json")
+    plain.write_text(json.dumps(cfg), encoding="utf-8")
+    image = {**image, "model": "Tiny-OAI-plain", "config_file": str(plain)}
+    torch.manual_seed(0)
+    model = build_model(train_config_from_dict(_section(world, image))).eval()
+    assert model.spec["image"]["quick_gelu"]
+    ref = open_clip.load_openai_model(image["pretrained"], precision="fp32", device="cpu").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_image(x, normalize=False), ref.encode_image(x),
+                                   atol=1e-5, rtol=1e-5)
