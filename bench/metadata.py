@@ -3,6 +3,7 @@
     python bench/metadata.py                 # 1M rows: rows/s of both and the ratio
     python bench/metadata.py --rows 200000   # quicker
     python bench/metadata.py --rss           # peak RSS of stage 1 at 100k vs 1M rows
+    python bench/metadata.py --rss --rss-sizes 1000000 10000000   # issue 15's 1M vs 10M
 
 The input is one LAION-format parquet file of synthetic rows: realistic
 Chinese captions, ~12% carrying a blacklist term, ~5% repeating a URL. The
@@ -131,18 +132,19 @@ def rss_child(path: str) -> None:
         print(json.dumps({"peak_kb": peak, "before_kb": base}))
 
 
-def rss_compare() -> None:
+def rss_compare(sizes: tuple[int, int] = (100_000, 1_000_000)) -> None:
     res = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for rows in (100_000, 1_000_000):
+        for rows in sizes:
             path = Path(tmp) / f"laion-{rows}.parquet"
             make_input(path, rows)  # here, not in the measured process
             proc = subprocess.run([sys.executable, __file__, "--rss-child", str(path)],
                                   capture_output=True, text=True, check=True)
             res[rows] = json.loads(proc.stdout.strip().splitlines()[-1])
             print(f"{rows:>9,} rows: peak RSS {res[rows]['peak_kb'] / 1024:,.0f} MB")
-    ratio = res[1_000_000]["peak_kb"] / res[100_000]["peak_kb"]
-    print(f"peak RSS 1M / 100k: {ratio:.2f}   (target <= 1.2)")
+    small, large = sizes
+    ratio = res[large]["peak_kb"] / res[small]["peak_kb"]
+    print(f"peak RSS {large:,} / {small:,} rows: {ratio:.2f}   (target <= 1.2)")
 
 
 def main() -> None:
@@ -150,12 +152,14 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best of each is shown")
     ap.add_argument("--rss", action="store_true", help="compare peak RSS at 100k and 1M rows")
+    ap.add_argument("--rss-sizes", type=int, nargs=2, default=(100_000, 1_000_000),
+                    metavar=("SMALL", "LARGE"), help="row counts --rss compares, e.g. 1000000 10000000")
     ap.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.rss_child:
         rss_child(args.rss_child)
     elif args.rss:
-        rss_compare()
+        rss_compare(tuple(args.rss_sizes))
     else:
         compare(args.rows, args.rounds)
 
