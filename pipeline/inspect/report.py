@@ -81,39 +81,30 @@ def _per_source(sources: Any, field_name: str) -> dict[str, int]:
     return out
 
 
+# (stage, count in the report's total/sources, label): every stage writes the one
+# funnel shape of zhclip.pipeline.core.report, so one rule reads them all.
+FUNNEL = (
+    ("metadata", "rows_in", "rows read from sources"),
+    ("metadata", "kept", "kept by caption/URL filters + dedup"),
+    ("download", "kept", "downloaded and resized"),
+    ("score", "kept", "final: scored, deduplicated, kept"),
+)
+
+
 def funnel_steps(reports: dict[str, dict[str, Any]], problems: list[str] | None = None) -> list[FunnelStep]:
     """The funnel, in stage order, from whichever reports hold the needed counts."""
     problems = problems if problems is not None else []
     steps: list[FunnelStep] = []
-    meta = reports.get("metadata")
-    if meta is not None:
-        total = meta.get("total") if isinstance(meta.get("total"), dict) else {}
-        rows_in, kept = _int(total.get("rows_in")), _int(total.get("kept"))
-        if rows_in is None or kept is None:
-            problems.append("report/metadata.json: no total.rows_in / total.kept")
-        else:
-            steps.append(FunnelStep("metadata", "rows read from sources", rows_in,
-                                    _per_source(meta.get("sources"), "rows_in")))
-            steps.append(FunnelStep("metadata", "kept by caption/URL filters + dedup", kept,
-                                    _per_source(meta.get("sources"), "kept")))
-    down = reports.get("download")
-    if down is not None:
-        total = down.get("total") if isinstance(down.get("total"), dict) else {}
-        success = _int(total.get("kept"))
-        if success is None:
-            problems.append("report/download.json: no total.kept")
-        else:
-            steps.append(FunnelStep("download", "downloaded and resized", success,
-                                    _per_source(down.get("sources"), "kept")))
-    score = reports.get("score")
-    if score is not None:
-        total = score.get("total") if isinstance(score.get("total"), dict) else {}
-        kept = _int(total.get("kept"))
-        if kept is None:
-            problems.append("report/score.json: no total.kept")
-        else:
-            steps.append(FunnelStep("score", "final: scored, deduplicated, kept", kept,
-                                    _per_source(score.get("sources"), "kept")))
+    for stage, field_name, label in FUNNEL:
+        rep = reports.get(stage)
+        if rep is None:
+            continue
+        total = rep.get("total") if isinstance(rep.get("total"), dict) else {}
+        value = _int(total.get(field_name))
+        if value is None:
+            problems.append(f"report/{stage}.json: no total.{field_name}")
+            continue
+        steps.append(FunnelStep(stage, label, value, _per_source(rep.get("sources"), field_name)))
     return steps
 
 
