@@ -169,7 +169,9 @@ class MetadataConfig(_Strict):
     rows_per_shard: int = Field(10_000, ge=1)
     """Rows per URL shard (one img2dataset download shard)."""
     dedup_buckets: int = Field(16, ge=1)
-    """Hash buckets for URL dedup; ~1 per 200k rows at full scale."""
+    """Hash buckets for URL dedup: the shuffle's parallelism (about one per 200k rows at full scale)."""
+    group_rows: int = Field(100_000, ge=1)
+    """Most rows a dedup or write step holds at once; larger buckets are split by hash into groups this size."""
 
 
 class DownloadConfig(_Strict):

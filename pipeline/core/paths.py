@@ -154,21 +154,43 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
         raise
 
 
-def write_parquet_atomic(table: pa.Table, uri: str) -> None:
-    """Write ``table`` to ``uri`` under a temporary name, then rename.
+def write_parquet_atomic(table: pa.Table | Iterable[pa.Table], uri: str,
+                         schema: pa.Schema | None = None) -> None:
+    """Write ``table`` (or tables, one row group each) to ``uri`` under a temporary name, then rename.
 
-    Parquet files written by the same pyarrow from the same table are
-    byte-identical, so a Beam retry that writes again changes nothing.
+    Parquet files written by the same pyarrow from the same tables are
+    byte-identical, so a Beam retry that writes again changes nothing. An
+    iterable is written as it comes, so it never has to fit in memory; its
+    ``schema`` is needed when it may be empty.
     """
     fs, path = filesystem_for(uri)
     fs.create_dir(path.rpartition("/")[0], recursive=True)
     tmp = _tmp_name(path)
     try:
-        pq.write_table(table, tmp, filesystem=fs, compression="zstd")
+        if isinstance(table, pa.Table):
+            pq.write_table(table, tmp, filesystem=fs, compression="zstd")
+        else:
+            _write_tables(table, tmp, fs, schema)
         fs.move(tmp, path)
     except BaseException:
         _remove_quietly(fs, tmp)
         raise
+
+
+def _write_tables(tables: Iterable[pa.Table], path: str, fs, schema: pa.Schema | None) -> None:
+    writer = None
+    try:
+        for t in tables:
+            if writer is None:
+                writer = pq.ParquetWriter(path, schema or t.schema, filesystem=fs, compression="zstd")
+            writer.write_table(t.cast(writer.schema) if schema is not None else t, row_group_size=max(1, t.num_rows))
+        if writer is None:
+            if schema is None:
+                raise ValueError(f"{path}: no tables to write and no schema given")
+            writer = pq.ParquetWriter(path, schema, filesystem=fs, compression="zstd")
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 def _remove_quietly(fs, path: str) -> None:

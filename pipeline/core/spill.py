@@ -6,17 +6,25 @@ GroupByKey makes memory and time grow with the data. A step writes its tables
 here and emits the path; the step after the shuffle reads them back. Names are
 fresh per attempt: only the paths of the attempt Beam commits travel on, and
 the driver removes the folder when the job is done.
+
+A bucket's parts are read back in hash groups of at most ``group_rows`` rows
+(see read_groups), so a step after the shuffle holds one group, not one
+bucket: with a fixed bucket count, a bucket grows with the input, and memory
+with it.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 from zhclip.pipeline.core import paths
 
 TMP_DIR = "_tmp"
+HASH_COLUMN = "__hash"  # a part's rows carry the 64-bit hash that chose their bucket
 
 
 def spill_folder(out: str, stage: str, kind: str) -> str:
@@ -44,6 +52,51 @@ def read_part(path: str) -> pa.Table:
 
 def read_parts(part_paths) -> pa.Table:
     return pa.concat_tables([read_part(p) for p in sorted(part_paths)]).combine_chunks()
+
+
+def with_hash(table: pa.Table, hashes: np.ndarray, column: str = HASH_COLUMN) -> pa.Table:
+    """Attach the bucket hash to the rows, so read_groups can split the bucket without rehashing."""
+    return table.append_column(column, pa.array(hashes, pa.uint64()))
+
+
+def group_count(rows: int, group_rows: int) -> int:
+    return max(1, -(-rows // group_rows))
+
+
+def read_groups(part_paths: Sequence[str], n_buckets: int, group_rows: int,
+                column: str = HASH_COLUMN, drop: bool = True) -> Iterator[pa.Table]:
+    """Yield one bucket's rows in groups of about ``group_rows``; rows of one hash share a group.
+
+    The bucket was chosen by ``hash % n_buckets``; the group is
+    ``(hash // n_buckets) % groups``, independent of it. Each group re-reads
+    the memory-mapped parts and copies out only its rows, so the resident
+    set is one group, whatever the bucket's size. Groups come in a fixed
+    order and each holds the same rows whatever the part order, so a step
+    that sorts within a group writes the same bytes on every run. The hash
+    column is dropped unless ``drop`` is False.
+    """
+    ordered = sorted(part_paths)
+    total = 0
+    for p in ordered:
+        total += read_part(p).num_rows  # the footer only: mapped, not read
+    groups = group_count(total, group_rows)
+    if groups == 1:
+        table = read_parts(ordered) if ordered else None
+        if table is not None:
+            yield table.drop_columns([column]) if drop and column in table.column_names else table
+        return
+    for g in range(groups):
+        pieces = []
+        for p in ordered:
+            part = read_part(p)
+            h = part.column(column).to_numpy()
+            idx = np.flatnonzero((h // np.uint64(n_buckets)) % np.uint64(groups) == np.uint64(g))
+            if len(idx):
+                pieces.append(part.take(pa.array(idx)))
+            del part  # unmaps the part before the next one is touched
+        if pieces:
+            table = pa.concat_tables(pieces).combine_chunks()
+            yield table.drop_columns([column]) if drop else table
 
 
 def remove_spill(out: str, stage: str) -> None:

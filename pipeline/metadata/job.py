@@ -13,7 +13,9 @@ The two shuffles (URL buckets for dedup, key buckets for rejects) move file
 names, not rows: each table is split by bucket into Arrow IPC part files under
 OUT/_tmp/metadata, and a bucket's step reads its parts back. Beam's DirectRunner
 holds a shuffle's whole input in memory, so moving rows through it made peak
-memory grow with the input; this way it stays at about one bucket.
+memory grow with the input. A bucket is read back in hash groups of at most
+``metadata.group_rows`` rows (spill.read_groups), so memory stays at about one
+group however large the buckets grow: the bucket count is parallelism only.
 Outputs under OUT: metadata/{bucket:05d}-{part:04d}.parquet (URL shards that
 img2dataset's Downloader reads), rejects/metadata-{bucket:05d}.parquet and
 report/metadata.json.
@@ -34,6 +36,7 @@ import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from tqdm import tqdm
+from zhclip.filters.dedup import HASH_COLUMN as DEDUP_HASH
 from zhclip.filters.dedup import dedup_by_key, dedup_by_url, partition_table, with_dedup_hash
 from zhclip.filters.rules import RuleSet, apply_rules
 from zhclip.pipeline.core import paths, stage_marker
@@ -41,7 +44,13 @@ from zhclip.pipeline.core import report as R
 from zhclip.pipeline.core import schema as S
 from zhclip.pipeline.core.cliargs import add_common_arguments, apply_common_arguments
 from zhclip.pipeline.core.config import Config, config_from_args, config_to_dict
-from zhclip.pipeline.core.spill import read_parts, remove_spill, spill_folder, write_part
+from zhclip.pipeline.core.spill import (
+    read_groups,
+    remove_spill,
+    spill_folder,
+    with_hash,
+    write_part,
+)
 from zhclip.pipeline.core.tags import TAG_COUNTS as COUNTS
 from zhclip.pipeline.core.tags import TAG_REJECTS as REJECTS
 from zhclip.pipeline.core.tags import TAG_SPILLED_REJECTS as SPILLED_REJECTS
@@ -193,22 +202,29 @@ class SpillRejects(beam.DoFn):
     def process(self, table: pa.Table):
         keys = table.column(S.KEY).combine_chunks().fill_null("")
         hashes = pl.from_arrow(keys).hash(seed=7).to_numpy()
+        table = with_hash(table, hashes)
         for bucket, part in partition_table(table, (hashes % np.uint64(self._n)).astype(np.int64)):
             yield bucket, write_part(self._folder, part, f"{bucket:05d}")
 
 
 class DedupBucket(beam.DoFn):
-    """All rows of one URL bucket -> one row per normalised URL (smallest key wins)."""
+    """All rows of one URL bucket -> one row per normalised URL (smallest key wins).
 
-    def __init__(self, caption_sources: frozenset[str]):
+    The bucket comes in hash groups (every copy of a URL in one group), one
+    (bucket, kept rows) output per group.
+    """
+
+    def __init__(self, caption_sources: frozenset[str], n_buckets: int, group_rows: int):
         self._caption_sources = caption_sources
+        self._n, self._group_rows = n_buckets, group_rows
 
     def process(self, element: tuple[int, list[str]]):
         bucket, part_paths = element
-        kept, rejects = dedup_by_url(read_parts(part_paths), self._caption_sources)
-        if rejects.num_rows:
-            yield beam.pvalue.TaggedOutput(REJECTS, rejects)
-        yield bucket, kept
+        for group in read_groups(part_paths, self._n, self._group_rows, DEDUP_HASH, drop=False):
+            kept, rejects = dedup_by_url(group, self._caption_sources)
+            if rejects.num_rows:
+                yield beam.pvalue.TaggedOutput(REJECTS, rejects)
+            yield bucket, kept
 
 
 class SpillByKey(beam.DoFn):
@@ -227,60 +243,98 @@ class SpillByKey(beam.DoFn):
         if table.num_rows == 0:
             return
         hashes = pl.from_arrow(table.column(S.KEY).combine_chunks()).hash(seed=11).to_numpy()
+        table = with_hash(table, hashes)
         for bucket, part in partition_table(table, (hashes % np.uint64(self._n)).astype(np.int64)):
             yield bucket, write_part(self._folder, part, f"{bucket:05d}")
 
 
 class DedupKeyBucket(beam.DoFn):
-    """All rows of one key bucket -> one row per key (``duplicate_key`` for the others)."""
+    """All rows of one key bucket -> one row per key (``duplicate_key`` for the others).
+
+    Emits (bucket, rows sorted by key, last) once per hash group of the
+    bucket; ``last`` tells WriteUrlShards the bucket is complete.
+    """
+
+    def __init__(self, n_buckets: int, group_rows: int):
+        self._n, self._group_rows = n_buckets, group_rows
 
     def process(self, element: tuple[int, list[str]]):
         bucket, part_paths = element
-        table = read_parts(part_paths)
-        kept, rejects = dedup_by_key(table)
-        if rejects.num_rows:
-            yield beam.pvalue.TaggedOutput(REJECTS, rejects)
-        yield bucket, kept.sort_by([(S.KEY, "ascending")])
+        groups = read_groups(part_paths, self._n, self._group_rows)
+        group = next(groups, None)
+        while group is not None:
+            kept, rejects = dedup_by_key(group)
+            if rejects.num_rows:
+                yield beam.pvalue.TaggedOutput(REJECTS, rejects)
+            following = next(groups, None)
+            yield bucket, kept.sort_by([(S.KEY, "ascending")]), following is None
+            group = following
 
 
 class WriteUrlShards(beam.DoFn):
-    """Write one bucket's kept rows as URL shards of at most N rows, sorted by key.
+    """Write one bucket's kept rows as URL shards of N rows (the last one fewer).
 
-    File names depend only on the bucket and the part number, and the rows on
-    the input, so a retried bundle rewrites the same bytes under the same names.
+    A bucket arrives as hash groups, each sorted by key; rows left over from
+    one group open the next shard, so shard sizes do not depend on the group
+    count. File names depend only on the bucket and the part number, and the
+    rows on the input, so a retried bundle rewrites the same bytes under the
+    same names.
     """
 
     def __init__(self, out: str, rows_per_shard: int):
         self._out = out
         self._n = rows_per_shard
 
-    def process(self, element: tuple[int, pa.Table]):
-        bucket, table = element
-        kept_counter = Metrics.counter("zhclip.metadata", "kept")
-        for part, start in enumerate(range(0, table.num_rows, self._n)):
-            chunk = table.slice(start, self._n)
-            name = f"{bucket:05d}-{part:04d}.parquet"
-            paths.write_parquet_atomic(S.url_shard_table(chunk),
-                                       paths.join(self._out, METADATA_DIR, name))
-        kept_counter.inc(table.num_rows)
-        for item in pc.value_counts(table.column(S.SOURCE)).to_pylist():
+    def start_bundle(self) -> None:
+        self._open: dict[int, tuple[int, pa.Table | None]] = {}  # bucket -> (next part, leftover rows)
+
+    def process(self, element: tuple[int, pa.Table, bool]):
+        bucket, table, last = element
+        part, leftover = self._open.pop(bucket, (0, None))
+        if leftover is not None:
+            table = pa.concat_tables([leftover, table])
+        start = 0
+        while table.num_rows - start >= self._n or (last and start < table.num_rows):
+            self._write(bucket, part, table.slice(start, self._n))
+            part, start = part + 1, start + self._n
+        if not last:
+            self._open[bucket] = (part, table.slice(start).combine_chunks())
+        Metrics.counter("zhclip.metadata", "kept").inc(element[1].num_rows)
+        for item in pc.value_counts(element[1].column(S.SOURCE)).to_pylist():
             yield R.counts(item["values"], kept=item["counts"])
+
+    def _write(self, bucket: int, part: int, chunk: pa.Table) -> None:
+        name = f"{bucket:05d}-{part:04d}.parquet"
+        paths.write_parquet_atomic(S.url_shard_table(chunk), paths.join(self._out, METADATA_DIR, name))
 
 
 class WriteRejects(beam.DoFn):
-    """One bucket of reject tables -> rejects/metadata-{bucket}.parquet, sorted."""
+    """One bucket of reject tables -> rejects/metadata-{bucket}.parquet.
 
-    def __init__(self, out: str):
+    Written group by group (row groups of one file, each sorted by key and
+    reason), so a bucket of rejects never has to fit in memory at once.
+    """
+
+    def __init__(self, out: str, n_buckets: int, group_rows: int):
         self._out = out
+        self._n, self._group_rows = n_buckets, group_rows
 
     def process(self, element: tuple[int, list[str]]):
         bucket, part_paths = element
-        table = read_parts(part_paths).sort_by([(S.KEY, "ascending"), (S.REASON, "ascending")])
-        paths.write_parquet_atomic(table, paths.join(self._out, REJECTS_DIR, f"metadata-{bucket:05d}.parquet"))
-        Metrics.counter("zhclip.metadata", "rejected").inc(table.num_rows)
-        grouped = table.group_by([S.SOURCE, S.REASON]).aggregate([([], "count_all")])
-        for row in grouped.to_pylist():
-            yield R.counts(row[S.SOURCE] or "?", reasons={row[S.REASON]: row["count_all"]})
+        counts: list[R.Counts] = []
+
+        def sorted_groups():
+            for group in read_groups(part_paths, self._n, self._group_rows):
+                grouped = group.group_by([S.SOURCE, S.REASON]).aggregate([([], "count_all")])
+                counts.extend(R.counts(row[S.SOURCE] or "?", reasons={row[S.REASON]: row["count_all"]})
+                              for row in grouped.to_pylist())
+                Metrics.counter("zhclip.metadata", "rejected").inc(group.num_rows)
+                yield group.sort_by([(S.KEY, "ascending"), (S.REASON, "ascending")])
+
+        paths.write_parquet_atomic(sorted_groups(),
+                                   paths.join(self._out, REJECTS_DIR, f"metadata-{bucket:05d}.parquet"),
+                                   schema=S.REJECT_SCHEMA)
+        yield from counts
 
 
 class Chain(beam.DoFn):
@@ -300,6 +354,10 @@ class Chain(beam.DoFn):
     def setup(self) -> None:
         for step in [*self._steps, self._spill_rejects]:
             step.setup()
+
+    def start_bundle(self) -> None:
+        for step in [*self._steps, self._spill_rejects]:
+            step.start_bundle()
 
     def teardown(self) -> None:
         for step in [*self._steps, self._spill_rejects]:
@@ -340,15 +398,15 @@ class MergeCounts(beam.CombineFn):
 class WriteRejectShards(beam.PTransform):
     """(bucket, part file) pairs of rejects -> one sorted rejects file per bucket."""
 
-    def __init__(self, out: str):
+    def __init__(self, out: str, n_buckets: int, group_rows: int):
         super().__init__()
-        self._out = out
+        self._write = WriteRejects(out, n_buckets, group_rows)
 
     def expand(self, spilled):
         return (
             spilled
             | "GroupRejects" >> beam.GroupByKey()
-            | "Write" >> beam.ParDo(WriteRejects(self._out))
+            | "Write" >> beam.ParDo(self._write)
         )
 
 
@@ -375,7 +433,7 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, files: list[tuple[str, str]]) 
     counts of every step -> WriteReport."""
     out = cfg.output
     cfg_dict = config_to_dict(cfg)
-    n_buckets = cfg.metadata.dedup_buckets
+    n_buckets, group_rows = cfg.metadata.dedup_buckets, cfg.metadata.group_rows
     caption_sources = frozenset(s.name for s in cfg.sources if s.dedup == "url_caption")
     spill_rejects = SpillRejects(out, n_buckets)
 
@@ -403,20 +461,20 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, files: list[tuple[str, str]]) 
         read.spilled
         | "GroupBucket" >> beam.GroupByKey()
         | "DedupUrlsSpillKeys" >> beam.ParDo(Chain(
-            [DedupBucket(caption_sources), SpillByKey(out, n_buckets)],
+            [DedupBucket(caption_sources, n_buckets, group_rows), SpillByKey(out, n_buckets)],
             spill_rejects)).with_outputs(SPILLED_REJECTS, main="spilled")
     )
     written = (
         by_url.spilled
         | "GroupKeyBucket" >> beam.GroupByKey()
         | "DedupKeysAndWrite" >> beam.ParDo(Chain(
-            [DedupKeyBucket(), WriteUrlShards(out, cfg.metadata.rows_per_shard)],
+            [DedupKeyBucket(n_buckets, group_rows), WriteUrlShards(out, cfg.metadata.rows_per_shard)],
             spill_rejects)).with_outputs(SPILLED_REJECTS, main="counts")
     )
     reject_counts = (
         (read[SPILLED_REJECTS], by_url[SPILLED_REJECTS], written[SPILLED_REJECTS])
         | "AllRejects" >> beam.Flatten()
-        | "WriteRejects" >> WriteRejectShards(out)
+        | "WriteRejects" >> WriteRejectShards(out, n_buckets, group_rows)
     )
     extra = {"config": cfg_dict, "inputs": len(files)}
     (
