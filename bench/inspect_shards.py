@@ -27,7 +27,6 @@ import hashlib
 import io
 import json
 import os
-import resource
 import subprocess
 import sys
 import tarfile
@@ -41,6 +40,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 from PIL import Image  # noqa: E402
 from zhclip.pipeline.core import paths  # noqa: E402
 from zhclip.pipeline.core import schema as S  # noqa: E402
+from zhclip.pipeline.core.memory import peak_rss_mb  # noqa: E402
 from zhclip.pipeline.shards import format as SH  # noqa: E402
 
 RSS_TARGET_MB = 300
@@ -111,7 +111,7 @@ def child(mode: str, folder: str) -> dict:
         result = verify_folder(src.open_folder(folder), decode=mode == "verify")
         ok, samples = result.ok, result.samples
     seconds = time.perf_counter() - started
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    rss_mb = peak_rss_mb()  # VmHWM: a child's ru_maxrss starts at its parent's peak
     return {"mode": mode, "ok": ok, "samples": samples, "seconds": seconds, "rss_mb": rss_mb}
 
 

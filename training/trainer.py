@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import os
-import resource
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
+from zhclip.pipeline.core.memory import peak_rss_mb
 from zhclip.training import checkpoint as ckpt
 from zhclip.training.config import StageConfig, TrainConfig, fill_stage_defaults
 from zhclip.training.convert import read_init_weights
@@ -82,7 +82,7 @@ def _per_rank_batch(stage: StageConfig, world: int, accum: int, index: int) -> i
 def _memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    return peak_rss_mb()
 
 
 class Trainer:

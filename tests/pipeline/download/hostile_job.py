@@ -11,7 +11,6 @@ time any single URL held a download thread.
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from zhclip.pipeline.core import schema as S
 from zhclip.pipeline.core.config import config_from_dict
+from zhclip.pipeline.core.memory import peak_rss_mb
 from zhclip.pipeline.demo.imageserver import FAULTS, HOSTILE, ImageServer
 from zhclip.pipeline.download import fetch as F
 from zhclip.pipeline.download.columns import ERROR_CLASS, STATUS, STATUS_SUCCESS
@@ -49,7 +49,7 @@ def timed_fetch_functions(durations: list[float]):
 
 
 def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_mb()  # VmHWM: ru_maxrss would start at the parent (pytest)'s peak
 
 
 def _run_job(out: Path, rows: list[tuple[str, str | None]]) -> dict:

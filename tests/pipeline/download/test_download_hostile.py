@@ -182,7 +182,8 @@ def test_6to4_teredo_and_nat64_forms_of_private_ipv4_are_refused(server, monkeyp
 # --- item 3: bombs refused before decoding, memory measured -------------------------------
 
 _RSS_SCRIPT = r"""
-import io, json, resource, sys
+import io, json, sys
+from zhclip.pipeline.core.memory import peak_rss_mb
 from zhclip.pipeline.core.config import DownloadConfig
 from zhclip.pipeline.download.img2dataset_glue import CheckedResizer, build_resizer
 from zhclip.pipeline.demo.imageserver import jpeg_with_junk_before_sof, render_image, rle_bmp_bomb
@@ -192,10 +193,9 @@ resizer(io.BytesIO(render_image("warm")))  # load codecs before the baseline
 bombs = {"jpeg_junk_before_sof": jpeg_with_junk_before_sof(render_image("x")), "rle_bmp_bomb": rle_bmp_bomb()}
 out = {}
 for name, data in bombs.items():
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = peak_rss_mb()  # VmHWM: ru_maxrss would start at pytest's own peak and hide any growth
     error = resizer(io.BytesIO(data))[-1]
-    out[name] = {"error": error, "bytes": len(data),
-                 "rss_growth_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024}
+    out[name] = {"error": error, "bytes": len(data), "rss_growth_mb": peak_rss_mb() - before}
 print(json.dumps(out))
 """
 
