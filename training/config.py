@@ -114,6 +114,12 @@ class TrainConfig(_Strict):
     eval_batch_size: int = Field(256, ge=1)
     eval_timeout_s: int = Field(4 * 3600, ge=1)  # how long the other ranks wait for rank 0's evaluation
     eval_chunk: int = Field(4096, ge=1)
+    # What evaluation (and so the stage-1 -> 2 switch) watches: a retrieval benchmark in any
+    # layout `zhclip eval --data` reads (Chinese-CLIP's jsonl + tsv for MUGE / Flickr30K-CN /
+    # COCO-CN, images + captions, zhclip shards), all its captions counted; None: the val shards.
+    eval_data: str | None = None
+    eval_format: Literal["auto", "chinese-clip", "folder", "shards"] = "auto"
+    eval_split: str | None = None  # the benchmark's split (valid, test, ...); None: its only one
     save_every: int = Field(1000, ge=1)
     keep_checkpoints: int = Field(3, ge=1)
     log_every: int = Field(10, ge=1)

@@ -18,7 +18,6 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -81,39 +80,6 @@ def write_json(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
-def embed_image_stream(model, transform: Callable, images: Iterable, device, batch_size: int):
-    """L2-normalised features [N, D] of a stream of PIL images, ``batch_size`` at a time."""
-    import torch
-
-    feats, batch = [], []
-
-    def flush() -> None:
-        with torch.no_grad():
-            feats.append(model.encode_image(torch.stack(batch).to(device)).float().cpu())
-        batch.clear()
-
-    for image in images:
-        batch.append(transform(image))
-        if len(batch) == batch_size:
-            flush()
-    if batch:
-        flush()
-    if not feats:
-        raise ValueError("no images to embed")
-    return torch.cat(feats)
-
-
-def embed_captions(model, tokenizer, texts: list[str], device, batch_size: int):
-    import torch
-
-    feats = []
-    with torch.no_grad():
-        for start in range(0, len(texts), batch_size):
-            ids, mask = tokenizer(texts[start:start + batch_size])
-            feats.append(model.encode_text(ids.to(device), mask.to(device)).float().cpu())
-    return torch.cat(feats)
-
-
 def _load_model(args: argparse.Namespace, device):
     from zhclip.training.export import load_export
 
@@ -127,7 +93,12 @@ def _load_model(args: argparse.Namespace, device):
 
 def evaluate_retrieval(args: argparse.Namespace, device) -> dict[str, Any]:
     from zhclip.training.benchmarks import read_retrieval
-    from zhclip.training.evaluate import check_finite, retrieval_metrics
+    from zhclip.training.evaluate import (
+        check_finite,
+        embed_captions,
+        embed_image_stream,
+        retrieval_metrics,
+    )
 
     bench = read_retrieval(args.data, args.format, args.split)
     log.info("%s: %d images, %d captions (%s)", args.data, len(bench.image_ids), len(bench.texts),
@@ -170,6 +141,7 @@ def save_retrieval_features(folder: Path, bench, image_features, text_features) 
 
 def evaluate_zeroshot(args: argparse.Namespace, device) -> dict[str, Any]:
     from zhclip.training.benchmarks import read_image_folder
+    from zhclip.training.evaluate import embed_image_stream
     from zhclip.training.zeroshot import (
         DEFAULT_TEMPLATES,
         class_features,

@@ -17,7 +17,7 @@ error: NaN compares false with everything, so it used to rank every query first.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -156,3 +156,65 @@ def evaluate(model, batches: Iterable[dict], device: torch.device, chunk: int = 
     """Recall on the val shards, where each sample's caption and image form one pair."""
     image_features, text_features = embed(model, batches, device, autocast)
     return retrieval_metrics(image_features, text_features, chunk=chunk)
+
+
+# ---- a retrieval benchmark (zhclip eval, and the trainer when train.eval_data is set) ------------
+
+
+def _no_autocast() -> torch.autocast:
+    return torch.autocast("cpu", enabled=False)
+
+
+@torch.no_grad()
+def embed_image_stream(model, transform: Callable, images: Iterable, device, batch_size: int,
+                       autocast: torch.autocast | None = None) -> torch.Tensor:
+    """L2-normalised features [N, D] (float32, on the CPU) of a stream of PIL images."""
+    feats, batch = [], []
+
+    def flush() -> None:
+        with autocast if autocast is not None else _no_autocast():
+            feats.append(model.encode_image(torch.stack(batch).to(device)).float().cpu())
+        batch.clear()
+
+    for image in images:
+        batch.append(transform(image))
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    if not feats:
+        raise ValueError("no images to embed")
+    return torch.cat(feats)
+
+
+@torch.no_grad()
+def embed_captions(model, tokenizer, texts: Sequence[str], device, batch_size: int,
+                   autocast: torch.autocast | None = None) -> torch.Tensor:
+    """L2-normalised features [N, D] (float32, on the CPU) of captions, ``batch_size`` at a time."""
+    feats = []
+    for start in range(0, len(texts), batch_size):
+        ids, mask = tokenizer(list(texts[start:start + batch_size]))
+        with autocast if autocast is not None else _no_autocast():
+            feats.append(model.encode_text(ids.to(device), mask.to(device)).float().cpu())
+    if not feats:
+        raise ValueError("no captions to embed")
+    return torch.cat(feats)
+
+
+def evaluate_benchmark(model, tokenizer, transform: Callable, bench, device, batch_size: int,
+                       chunk: int = 4096, autocast: torch.autocast | None = None) -> dict[str, float]:
+    """Recall on a retrieval benchmark (a ``benchmarks.RetrievalSet``), with all its captions.
+
+    What `zhclip eval` reports for an exported model, computed on the live one,
+    so the stage switch can watch a downstream benchmark as the paper's did.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        image_features = embed_image_stream(model, transform, bench.read_images(), device, batch_size, autocast)
+        text_features = embed_captions(model, tokenizer, bench.texts, device, batch_size, autocast)
+    finally:
+        model.train(was_training)
+    if image_features.shape[0] != len(bench.image_ids):
+        raise ValueError(f"read {image_features.shape[0]} images, the index lists {len(bench.image_ids)}")
+    return retrieval_metrics(image_features, text_features, bench.text_to_images, chunk)

@@ -9,6 +9,7 @@ weights, saved to disk and loaded by path through the same code as real ones.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -93,6 +94,21 @@ def write_shape_dataset(dataset: Path, n_train: int = 512, n_val: int = 48,
     manifest = SH.build_manifest(written, config=None)
     SH.write_dataset_files(str(dataset), manifest)
     return manifest
+
+
+def write_chinese_clip_benchmark(folder: Path, split: str, images: list[tuple[int, bytes]],
+                                 texts: list[tuple[int, str, list[int]]]) -> Path:
+    """A retrieval benchmark in Chinese-CLIP's layout (MUGE, Flickr30K-CN, COCO-CN):
+    {split}_imgs.tsv (id, urlsafe base64 image) and {split}_texts.jsonl (text_id, text, image_ids)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / f"{split}_imgs.tsv").open("w", encoding="utf-8") as f:
+        for image_id, data in images:
+            f.write(f"{image_id}\t{base64.urlsafe_b64encode(data).decode()}\n")
+    with (folder / f"{split}_texts.jsonl").open("w", encoding="utf-8") as f:
+        for text_id, text, image_ids in texts:
+            f.write(json.dumps({"text_id": text_id, "text": text, "image_ids": image_ids},
+                               ensure_ascii=False) + "\n")
+    return folder
 
 
 def write_tiny_image_tower(folder: Path, name: str = "Tiny-ViT", cfg: dict | None = None,

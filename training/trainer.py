@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 from zhclip.pipeline.core.memory import peak_rss_mb
 from zhclip.training import checkpoint as ckpt
+from zhclip.training.benchmarks import BenchmarkError, read_retrieval
 from zhclip.training.config import StageConfig, TrainConfig, fill_stage_defaults
 from zhclip.training.convert import read_init_weights
 from zhclip.training.data import (
@@ -37,7 +38,7 @@ from zhclip.training.data import (
     train_loader,
     train_transform,
 )
-from zhclip.training.evaluate import evaluate
+from zhclip.training.evaluate import evaluate, evaluate_benchmark
 from zhclip.training.export import export_model
 from zhclip.training.loss import ContrastiveLoss
 from zhclip.training.metrics_log import MetricsLog
@@ -139,8 +140,10 @@ class Trainer:
         try:
             self.val_shards = list_shards(cfg.data.path, "val", cfg.data.val, cfg.data.glob)
         except FileNotFoundError as err:
-            log.warning("no validation split (%s): evaluation and plateau switching are off", err)
+            if cfg.eval_data is None:
+                log.warning("no validation split (%s): evaluation and plateau switching are off", err)
             self.val_shards = []
+        self.benchmark = self._open_benchmark(cfg)
         saved_pos = None
         if self.resume_state is not None:
             ranks = self.resume_state.get("data_position", [])
@@ -162,6 +165,19 @@ class Trainer:
                 json.dumps(cfg.model_dump(mode="json"), indent=2, ensure_ascii=False), encoding="utf-8")
 
     # ---- stages -----------------------------------------------------------------
+
+    @staticmethod
+    def _open_benchmark(cfg: TrainConfig):
+        """The configured retrieval benchmark, read now: a wrong path fails before step 1."""
+        if cfg.eval_data is None:
+            return None
+        try:
+            bench = read_retrieval(cfg.eval_data, cfg.eval_format, cfg.eval_split)
+        except (BenchmarkError, OSError) as err:
+            raise TrainingError(f"train.eval_data: {err}") from None
+        log.info("evaluation watches %s (%s, %d images, %d captions), not the val shards",
+                 cfg.eval_data, bench.format, len(bench.image_ids), len(bench.texts))
+        return bench
 
     def _memory_format(self, cfg: TrainConfig) -> torch.memory_format:
         """channels_last for conv towers on CUDA (cuDNN's fast NHWC kernels); a ViT has one
@@ -428,20 +444,25 @@ class Trainer:
         return False
 
     def _evaluate(self, index: int) -> dict[str, float] | None:
-        """Rank 0 evaluates on the val split; every rank receives the numbers.
+        """Rank 0 evaluates (on train.eval_data, else the val split); every rank receives the numbers.
 
         The others wait under the runtime's evaluation timeout (train.eval_timeout_s),
         not the process group's, so a long evaluation does not stall them into an error.
         """
-        if not self.val_shards:
+        if self.benchmark is None and not self.val_shards:
             return None
 
         def run_eval() -> dict[str, float]:
-            loader = eval_loader(self.val_shards, self.eval_tf, self.tokenizer,
-                                 self.cfg.eval_batch_size, self.cfg.data.workers,
-                                 self.cfg.data.val_max_samples)
-            metrics = evaluate(self.model, loader, self.rt.device, self.cfg.eval_chunk,
-                               self.rt.autocast() if self.rt.precision != "fp32" else None)
+            autocast = self.rt.autocast() if self.rt.precision != "fp32" else None
+            if self.benchmark is not None:
+                metrics = evaluate_benchmark(self.model, self.tokenizer, self.eval_tf, self.benchmark,
+                                             self.rt.device, self.cfg.eval_batch_size,
+                                             self.cfg.eval_chunk, autocast)
+            else:
+                loader = eval_loader(self.val_shards, self.eval_tf, self.tokenizer,
+                                     self.cfg.eval_batch_size, self.cfg.data.workers,
+                                     self.cfg.data.val_max_samples)
+                metrics = evaluate(self.model, loader, self.rt.device, self.cfg.eval_chunk, autocast)
             self.metrics.log_eval(self.state.step, index, metrics)
             log.info("step %d stage %d: %s", self.state.step, index,
                      {k: round(v, 2) for k, v in metrics.items()})

@@ -3,7 +3,6 @@ own evaluation scripts (cn-clip), the benchmark layouts, and zero-shot classific
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import random
@@ -29,6 +28,7 @@ from zhclip.training.fixtures import (
     all_captions,
     draw_sample,
     tiny_train_section,
+    write_chinese_clip_benchmark,
     write_shape_dataset,
     write_tiny_image_tower,
 )
@@ -57,20 +57,6 @@ def _png(image) -> bytes:
     return buf.getvalue()
 
 
-def write_cn_benchmark(folder: Path, split: str, images: list[tuple[int, bytes]],
-                       texts: list[tuple[int, str, list[int]]]) -> Path:
-    """Chinese-CLIP's layout: {split}_imgs.tsv (id, urlsafe base64) + {split}_texts.jsonl."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / f"{split}_imgs.tsv").open("w", encoding="utf-8") as f:
-        for image_id, data in images:
-            f.write(f"{image_id}\t{base64.urlsafe_b64encode(data).decode()}\n")
-    with (folder / f"{split}_texts.jsonl").open("w", encoding="utf-8") as f:
-        for text_id, text, image_ids in texts:
-            f.write(json.dumps({"text_id": text_id, "text": text, "image_ids": image_ids},
-                               ensure_ascii=False) + "\n")
-    return folder
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """An untrained tiny model exported to disk, and the benchmark's images and captions."""
@@ -86,7 +72,7 @@ def world(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     export = export_model(model, load_tokenizer(str(bert), cfg.context_length), root / "export.pt")
-    bench = write_cn_benchmark(root / "bench", "test", images, texts)
+    bench = write_chinese_clip_benchmark(root / "bench", "test", images, texts)
     return {"root": root, "export": export, "bench": bench, "images": images, "texts": texts}
 
 
@@ -220,7 +206,7 @@ def test_eval_equals_cn_clip_evaluation_scripts(world, tmp_path):
 
 def test_benchmark_whose_captions_are_all_the_same_is_at_chance(world, tmp_path):
     texts = [(t, SAME, ids) for t, _, ids in world["texts"]]
-    bench = write_cn_benchmark(tmp_path / "same", "test", world["images"], texts)
+    bench = write_chinese_clip_benchmark(tmp_path / "same", "test", world["images"], texts)
     out = tmp_path / "m.json"
     assert _eval("--model", str(world["export"]), "--data", str(bench), "--out", str(out)) == 0
     m = json.loads(out.read_text(encoding="utf-8"))
@@ -262,11 +248,11 @@ def test_zhclip_shards_score_as_the_trainer_scores_them(world, tmp_path):
 
 def test_broken_benchmarks_and_models_stop_with_a_clear_error(world, tmp_path, capsys):
     export, out = str(world["export"]), str(tmp_path / "m.json")
-    bad = write_cn_benchmark(tmp_path / "bad", "test", world["images"][:3],
+    bad = write_chinese_clip_benchmark(tmp_path / "bad", "test", world["images"][:3],
                              [(0, "左上的红色圆形", [1000]), (1, "右上的红色圆形", [77])])
     assert _eval("--model", export, "--data", str(bad), "--out", out) == 1
     assert "test_texts.jsonl:2: image_ids [77] are not in test_imgs.tsv" in capsys.readouterr().err
-    write_cn_benchmark(bad, "valid", world["images"][:3], [(0, "左上的红色圆形", [1000])])
+    write_chinese_clip_benchmark(bad, "valid", world["images"][:3], [(0, "左上的红色圆形", [1000])])
     assert _eval("--model", export, "--data", str(bad), "--out", out) == 1
     assert "choose one with --split" in capsys.readouterr().err
     broken = torch.load(world["export"], weights_only=False)
