@@ -18,35 +18,29 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from zhclip.filters.codepoints import class_counts
 from zhclip.pipeline.core.reasons import REASON_NOT_CHINESE
 
-HAN = r"\p{Han}"
-KANA = r"[\p{Hiragana}\p{Katakana}]"
-TEXT = r"[\p{L}\p{N}]"
-SPACE = r"\s"
 MIN_KANA = 2
-
-
-def _count(arr: pa.Array, pattern: str) -> pa.Array:
-    return pc.fill_null(pc.count_substring_regex(arr, pattern), 0).cast(pa.float64())
 
 
 def not_chinese_reasons(arr: pa.Array | pa.ChunkedArray, max_kana_share: float = 0.2,
                         min_text_share: float = 0.5) -> pa.Array:
-    """``not_chinese`` per caption that fails the check, null where it passes (and for nulls)."""
+    """``not_chinese`` per caption that fails the check, null where it passes (and for nulls).
+
+    Character classes are RE2's ``\\p{Han}``, ``[\\p{Hiragana}\\p{Katakana}]``,
+    ``[\\p{L}\\p{N}]`` and ``\\s``, counted in one pass (filters.codepoints).
+    """
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
-    han = _count(arr, HAN)
-    kana = _count(arr, KANA)
-    text = _count(arr, TEXT)
-    visible = pc.subtract(pc.fill_null(pc.utf8_length(arr), 0).cast(pa.float64()), _count(arr, SPACE))
-    no_han = pc.equal(han, 0.0)
-    japanese = pc.and_(pc.greater_equal(kana, float(MIN_KANA)),
-                       pc.greater(kana, pc.multiply(pc.add(han, kana), max_kana_share)))
-    symbols = pc.less(text, pc.multiply(visible, min_text_share))
-    bad = pc.or_(pc.or_(no_han, japanese), symbols)
-    bad = pc.and_(bad, pc.is_valid(arr))
-    return pc.if_else(bad, pa.scalar(REASON_NOT_CHINESE), pa.scalar(None, pa.string()))
+    c = class_counts(arr)
+    han, kana, text = c["han"], c["kana"], c["text"]
+    visible = c["chars"] - c["space"]
+    no_han = han == 0
+    japanese = (kana >= MIN_KANA) & (kana > (han + kana) * max_kana_share)
+    symbols = text < visible * min_text_share
+    bad = (no_han | japanese | symbols) & arr.is_valid().to_numpy(zero_copy_only=False)
+    return pc.if_else(pa.array(bad), pa.scalar(REASON_NOT_CHINESE), pa.scalar(None, pa.string()))
 
 
 def is_chinese(caption: str, max_kana_share: float = 0.2, min_text_share: float = 0.5) -> bool:
