@@ -20,6 +20,7 @@ OUT/rejects/score-*.parquet (REJECT_SCHEMA, stage "score"), OUT/report/score.jso
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import math
@@ -478,6 +479,10 @@ def eval_image_hashes(folder: str | None) -> list[int]:
     return hashes
 
 
+# What each model backend imports in its workers' setup.
+BACKEND_MODULES = {"mclip": ("torch", "transformers", "open_clip"), "zhclip": ("torch", "transformers")}
+
+
 def check_model_paths(cfg: Config) -> None:
     """Fail on the driver, in a second, when a local model path named in the config is absent.
 
@@ -491,6 +496,10 @@ def check_model_paths(cfg: Config) -> None:
         raise ConfigError(f"score.backend {sc.backend!r}: available {available_backends()}")
     if sc.backend == "precomputed":
         return
+    for module in BACKEND_MODULES.get(sc.backend, ()):
+        # Said here, in one line (the CLI names the pip extra), not as a traceback from every worker.
+        if importlib.util.find_spec(module) is None:
+            raise ModuleNotFoundError(f"No module named '{module}'", name=module)
     looks_local = sc.model.startswith((".", "/", "~")) or os.path.exists(sc.model)
     if looks_local and not os.path.exists(os.path.expanduser(sc.model)):
         raise FileNotFoundError(f"score.model: {sc.model} not found")

@@ -69,3 +69,22 @@ def test_an_import_error_inside_a_running_command_gets_the_same_advice():
     beam = ModuleNotFoundError("No module named 'torch' [while running 'ScoreShard/ParDo(ScoreShard)']")
     assert missing_extra_message("score", beam) == msg
     assert "pip install" not in missing_extra_message("metadata", ModuleNotFoundError(name="x"))
+
+
+def test_score_without_torch_says_so_in_one_line_before_any_worker_starts(tmp_path):
+    """Before, the workers' setup failed first: Beam logged a traceback per worker, then the advice."""
+    code = (
+        BLOCK_TORCH
+        + "from pathlib import Path\n"
+        + "from zhclip.pipeline.demo.synthetic import Row, write_download_shard\n"
+        + f"write_download_shard(Path({str(tmp_path / 'out' / 'downloads')!r}), '00000', [Row('wukong_a')])\n"
+        + "from zhclip.pipeline.cli import main\n"
+        + f"print(main(['score', '--output', {str(tmp_path / 'out')!r}, '--set', 'score.backend=mclip']))\n"
+    )
+    out = _run(code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "2"
+    assert "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        "zhclip score: needs torch, which this install lacks; install it with: pip install 'zhclip[score]'")
+    assert not (tmp_path / "out" / "dataset").exists()
