@@ -125,7 +125,7 @@ class BlacklistConfig(_Strict):
 
 class UrlFilterConfig(_Strict):
     schemes: list[str] = Field(default_factory=lambda: ["http", "https"])
-    """Allowed URL schemes; add file to allow local images."""
+    """Allowed URL schemes; add file to allow local images (read only under sources' image_root folders)."""
     allow_networks: list[str] = Field(default_factory=list)
     """Private/loopback networks allowed anyway, e.g. [127.0.0.0/8] for tests."""
 

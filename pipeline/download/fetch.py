@@ -21,6 +21,7 @@ import functools
 import heapq
 import http.client
 import io
+import os
 import socket
 import threading
 import time
@@ -65,6 +66,10 @@ class FetchPolicy:
     allow_networks: tuple[str, ...] = ()
     max_response_bytes: int = MAX_RESPONSE_BYTES
     deadline: float | None = None  # seconds per image, all reads included; None: 3 x timeout
+    # Folders file:// URLs may be read from (after symlinks are resolved); None: anywhere.
+    # from_config sets the sources' image_root folders, so a listed "file" scheme cannot
+    # read /etc/passwd or ~/.ssh whatever a URL shard says.
+    file_roots: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         parse_networks(self.allow_networks)  # fail at start-up, not per URL
@@ -77,7 +82,15 @@ class FetchPolicy:
             schemes=tuple(s.lower() for s in urls.schemes),
             allow_networks=tuple(urls.allow_networks),
             deadline=getattr(cfg.download, "deadline", None),
+            file_roots=tuple(os.path.realpath(s.image_root) for s in cfg.sources if s.image_root),
         )
+
+    def file_allowed(self, url: str) -> bool:
+        """Whether a file:// URL names a file under one of ``file_roots``."""
+        if self.file_roots is None:
+            return True
+        path = os.path.realpath(urllib.request.url2pathname(urlsplit(url).path))
+        return any(path == root or path.startswith(root.rstrip(os.sep) + os.sep) for root in self.file_roots)
 
     def deadline_seconds(self, timeout: float) -> float:
         """The whole-image time limit for a per-read ``timeout``."""
@@ -396,6 +409,9 @@ def _fetch(opener, policy: FetchPolicy, url, timeout: float, deadline: _Deadline
     target, problem = request_url(url, policy.schemes)
     if problem is not None:
         return None, problem
+    if target.startswith("file:") and not policy.file_allowed(target):
+        return None, tagged(SCHEME_NOT_ALLOWED, f"{target!r} is outside every source's image_root "
+                            f"{list(policy.file_roots or ())}: file:// reads only there")
     try:
         request = urllib.request.Request(target, headers={"User-Agent": user_agent(token)})
         with opener.open(request, timeout=timeout) as response:

@@ -90,6 +90,34 @@ def test_file_urls_only_when_the_scheme_is_listed(tmp_path: Path):
     assert stream is None and classify_error(err) == SCHEME_NOT_ALLOWED
 
 
+def test_file_urls_read_only_under_a_sources_image_root(tmp_path: Path):
+    """A listed file scheme is not a licence to read the machine: only image_root folders."""
+    from zhclip.pipeline.core.config import config_from_dict
+
+    root = tmp_path / "coco" / "images"
+    root.mkdir(parents=True)
+    inside = root / "a.jpg"
+    inside.write_bytes(render_image("in", "jpg"))
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(render_image("out", "jpg"))
+    (root / "link.jpg").symlink_to(secret)
+    cfg = config_from_dict({
+        "output": str(tmp_path / "out"),
+        "sources": [{"name": "coco", "kind": "coco", "paths": [str(tmp_path / "c.json")],
+                     "image_root": str(root)}],
+        "filters": {"urls": {"schemes": ["http", "https", "file"]}},
+    })
+    policy = FetchPolicy.from_config(cfg)
+    assert policy.file_roots == (str(root.resolve()),)
+    stream, err = fetch(policy, inside.as_uri())
+    assert err is None and stream.getvalue() == inside.read_bytes()
+    for url in (secret.as_uri(), (root / "link.jpg").as_uri(), f"file://{root}/../../secret.jpg",
+                "file:///etc/hostname", f"file://{str(root)[:-1]}"):
+        stream, err = fetch(policy, url)
+        assert stream is None and classify_error(err) == SCHEME_NOT_ALLOWED, (url, err)
+        assert "outside every source's image_root" in err
+
+
 def test_robots_tag_parsing():
     from email.message import Message
 
