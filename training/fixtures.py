@@ -96,6 +96,12 @@ def write_shape_dataset(dataset: Path, n_train: int = 512, n_val: int = 48,
     return manifest
 
 
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def write_chinese_clip_benchmark(folder: Path, split: str, images: list[tuple[int, bytes]],
                                  texts: list[tuple[int, str, list[int]]]) -> Path:
     """A retrieval benchmark in Chinese-CLIP's layout (MUGE, Flickr30K-CN, COCO-CN):

@@ -3,7 +3,6 @@ own evaluation scripts (cn-clip), the benchmark layouts, and zero-shot classific
 
 from __future__ import annotations
 
-import io
 import json
 import random
 import shutil
@@ -27,6 +26,7 @@ from zhclip.training.fixtures import (
     SHAPES,
     all_captions,
     draw_sample,
+    png_bytes,
     tiny_train_section,
     write_chinese_clip_benchmark,
     write_shape_dataset,
@@ -51,19 +51,13 @@ def _captions_of(combo: tuple[str, str, str]) -> list[str]:
     return [f.format(p=p, c=c, s=s) for f in PHRASINGS]
 
 
-def _png(image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """An untrained tiny model exported to disk, and the benchmark's images and captions."""
     root = tmp_path_factory.mktemp("eval")
     rng = random.Random(0)
     combos = rng.sample(_combos(), N_IMAGES)
-    images = [(1000 + i, _png(draw_sample(*c, 40, rng))) for i, c in enumerate(combos)]
+    images = [(1000 + i, png_bytes(draw_sample(*c, 40, rng))) for i, c in enumerate(combos)]
     texts = [(5 * i + j, cap, [1000 + i]) for i, c in enumerate(combos)
              for j, cap in enumerate(_captions_of(c))]
     bert = tiny.write_tiny_bert(root / "bert", [t for _, t, _ in texts] + all_captions())

@@ -10,7 +10,6 @@ on), or a path that only fails hours in.
 
 from __future__ import annotations
 
-import io
 import json
 import random
 from pathlib import Path
@@ -24,6 +23,7 @@ from zhclip.training.fixtures import (
     PLACES,
     SHAPES,
     draw_sample,
+    png_bytes,
     tiny_train_section,
     write_chinese_clip_benchmark,
     write_shape_dataset,
@@ -38,19 +38,13 @@ N_IMAGES, PER_IMAGE = 8, 5
 PHRASINGS = ("{p}的{c}{s}", "{c}{s}在{p}", "{p}有{c}{s}", "{c}的{s}在{p}", "{s}是{c}的在{p}")
 
 
-def _png(image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench-switch")
     write_shape_dataset(root / "dataset", n_train=64, n_val=16, per_shard=32, size=40)
     rng = random.Random(3)
     combos = rng.sample([(p, c, s) for p in PLACES for c in COLOURS for s in SHAPES], N_IMAGES)
-    images = [(500 + i, _png(draw_sample(*combo, 40, rng))) for i, combo in enumerate(combos)]
+    images = [(500 + i, png_bytes(draw_sample(*combo, 40, rng))) for i, combo in enumerate(combos)]
     texts = [(PER_IMAGE * i + j, f.format(p=p, c=c, s=s), [500 + i])
              for i, (p, c, s) in enumerate(combos) for j, f in enumerate(PHRASINGS)]
     return {
