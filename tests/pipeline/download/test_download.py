@@ -47,14 +47,16 @@ def write_url_shard(out: Path, shard: str, rows: list[dict]) -> Path:
     return path
 
 
-def make_cfg(out: Path, allow=("127.0.0.0/8",), schemes=("http", "https"), **download):
+def make_cfg(out: Path, allow=("127.0.0.0/8",), schemes=("http", "https"), image_root=None, **download):
     settings = {"timeout": 0.5, "retries": 0, "thread_count": 4, "image_size": 32}
     settings.update(download)
+    sources = [{"name": "coco_zh", "kind": "coco", "paths": ["unused.json"], "image_root": str(image_root)}]
     return config_from_dict(
         {
             "output": str(out),
             "filters": {"urls": {"schemes": list(schemes), "allow_networks": list(allow)}},
             "download": settings,
+            **({"sources": sources} if image_root else {}),
         }
     )
 
@@ -310,13 +312,17 @@ def test_file_urls_work_when_allowed_and_are_refused_otherwise(tmp_path):
         rows.append(row(f"coco_zh:{i}", dest.as_uri(), source="coco_zh"))
     (images / "made.png").write_bytes(render_image("made", "png"))
     rows.append(row("vg_zh:0", (images / "made.png").as_uri(), source="vg_zh"))
-    on, off = tmp_path / "on", tmp_path / "off"
-    write_url_shard(on, "f", rows)
-    write_url_shard(off, "f", rows)
-    allowed = run(make_cfg(on, allow=(), schemes=("http", "https", "file")))
+    on, off, elsewhere = tmp_path / "on", tmp_path / "off", tmp_path / "elsewhere"
+    for out in (on, off, elsewhere):
+        write_url_shard(out, "f", rows)
+    allowed = run(make_cfg(on, allow=(), schemes=("http", "https", "file"), image_root=images))
     assert allowed["total"]["kept"] == 4
     refused = run(make_cfg(off, allow=()))
     assert refused["download"]["by_status"]["failed_to_download"] == {SCHEME_NOT_ALLOWED: 4}
+    # The scheme listed, but the files are not under any source's image_root.
+    (tmp_path / "other").mkdir()
+    outside = run(make_cfg(elsewhere, allow=(), schemes=("http", "https", "file"), image_root=tmp_path / "other"))
+    assert outside["download"]["by_status"]["failed_to_download"] == {SCHEME_NOT_ALLOWED: 4}
 
 
 # --- the command line -------------------------------------------------------------------------
