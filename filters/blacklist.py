@@ -26,9 +26,6 @@ load time), so ``match_one`` and ``match_array`` agree by construction:
 
 from __future__ import annotations
 
-import logging
-import math
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,6 +33,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from zhclip.blacklist.loader import BlacklistEntry, load_entries
+from zhclip.filters.blacklist_patterns import (
+    ascii_lower,
+    literal_alternatives,
+    re2_literal,
+    without_captures,
+)
+from zhclip.filters.jieba_words import jieba_words
 from zhclip.pipeline.core.reasons import blacklist_reason
 
 _NO_ENTRY = np.iinfo(np.int64).max
@@ -121,7 +125,7 @@ class BlacklistMatcher:
         )
         self._literal_array = pa.array(self._literals, type=pa.string())
         self._regex_bodies = {i: without_captures(entries[i].term) for i in self._regex_ids}
-        parts = [_re2_literal(t) for t in self._literals] + [
+        parts = [re2_literal(t) for t in self._literals] + [
             f"(?:{self._regex_bodies[i]})" for i in self._regex_ids
         ]
         # RE2's DFA runs out of memory on alternations of many thousand
@@ -183,7 +187,7 @@ class BlacklistMatcher:
             entry = self._entries[int(entry_id)]
             # a literal-only regex is matched as literals, so it has no kept body
             body = (without_captures(entry.term) if entry.kind == "regex"
-                    else _re2_literal(entry.term))
+                    else re2_literal(entry.term))
             found = pc.extract_regex(array.take(pa.array(rows)), pattern=f"(?i)(?P<m>{body})")
             rows_out.append(rows)
             texts_out.append(found.field("m").cast(pa.string()))
@@ -365,316 +369,6 @@ def _first_per_row(sorted_rows: np.ndarray) -> np.ndarray:
     if len(sorted_rows) == 0:
         return np.zeros(0, dtype=np.int64)
     return np.flatnonzero(np.concatenate([[True], sorted_rows[1:] != sorted_rows[:-1]]))
-
-
-def ascii_lower(text: str) -> str:
-    """``text`` with only A-Z lowered, the fold polars' ascii_case_insensitive uses."""
-    return text.translate(_ASCII_LOWER)
-
-
-_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
-
-
-_REGEX_SYNTAX = frozenset("\\.^$*+?{}[]()|")
-_MAX_ALTERNATIVES = 256
-
-
-def literal_alternatives(pattern: str) -> list[str] | None:
-    """All strings ``pattern`` matches when it is built only from literal
-    characters, escaped punctuation, groups of alternatives and classes of
-    single characters; None for anything else (repeats, anchors, \\d ...),
-    or for more than 256 strings.
-
-    Matched as literals, such a pattern folds ASCII case only, where RE2 would
-    also fold the Kelvin sign and long s into k and s.
-    """
-    parser = _LiteralParser(pattern)
-    try:
-        strings = parser.alternation()
-    except _NotLiteral:
-        return None
-    if parser.pos != len(pattern) or not strings or "" in strings:
-        return None
-    return list(dict.fromkeys(strings))
-
-
-class _NotLiteral(Exception):
-    pass
-
-
-class _LiteralParser:
-    def __init__(self, pattern: str) -> None:
-        self.pattern, self.pos = pattern, 0
-
-    def alternation(self) -> list[str]:
-        strings = self.sequence()
-        while self._peek() == "|":
-            self.pos += 1
-            strings = strings + self.sequence()
-            self._check_size(strings)
-        return strings
-
-    def sequence(self) -> list[str]:
-        strings = [""]
-        while (ch := self._peek()) not in ("", "|", ")"):
-            if ch == "(":
-                for opening in ("(?:", "("):
-                    if self.pattern.startswith(opening, self.pos):
-                        break
-                if opening == "(" and self.pattern.startswith("(?", self.pos):
-                    raise _NotLiteral
-                self.pos += len(opening)
-                parts = self.alternation()
-                if self._peek() != ")":
-                    raise _NotLiteral
-                self.pos += 1
-            elif ch == "[":
-                parts = self._char_class()
-            elif ch == "\\":
-                parts = [self._escaped()]
-            elif ch in _REGEX_SYNTAX:
-                raise _NotLiteral
-            else:
-                parts = [ch]
-                self.pos += 1
-            if self._peek() in ("*", "+", "?", "{"):
-                raise _NotLiteral
-            strings = [a + b for a in strings for b in parts]
-            self._check_size(strings)
-        return strings
-
-    def _char_class(self) -> list[str]:
-        self.pos += 1
-        members: list[str] = []
-        while (ch := self._peek()) != "]":
-            if ch in ("", "^", "-", "[") :
-                raise _NotLiteral
-            if ch == "\\":
-                members.append(self._escaped())
-            else:
-                members.append(ch)
-                self.pos += 1
-        self.pos += 1
-        if not members:
-            raise _NotLiteral
-        return members
-
-    def _escaped(self) -> str:
-        escaped = self.pattern[self.pos + 1:self.pos + 2]
-        if not escaped or escaped.isalnum() or escaped.isspace() or not escaped.isascii():
-            raise _NotLiteral  # \\d, \\b, \\x41 ... are not plain characters
-        self.pos += 2
-        return escaped
-
-    def _peek(self) -> str:
-        return self.pattern[self.pos:self.pos + 1]
-
-    @staticmethod
-    def _check_size(strings: list[str]) -> None:
-        if len(strings) > _MAX_ALTERNATIVES:
-            raise _NotLiteral
-
-
-def _re2_literal(text: str) -> str:
-    """``text`` as an RE2 pattern that matches it literally."""
-    return "".join("\\" + ch if ch in _RE2_SPECIAL else ch for ch in text)
-
-
-_RE2_SPECIAL = frozenset("\\.+*?()|[]{}^$")
-
-
-def without_captures(pattern: str) -> str:
-    """``pattern`` with every capturing group made non-capturing.
-
-    ``extract_regex`` needs its own named group and rejects unnamed ones, and
-    without back-references (RE2 has none) captures do not change what matches.
-    """
-    out: list[str] = []
-    i, n, in_class = 0, len(pattern), False
-    while i < n:
-        ch = pattern[i]
-        if ch == "\\":
-            out.append(pattern[i:i + 2])
-            i += 2
-            continue
-        if in_class:
-            if pattern.startswith("[:", i) and (close := pattern.find(":]", i + 2)) >= 0:
-                out.append(pattern[i:close + 2])
-                i = close + 2
-                continue
-            if ch == "]":
-                in_class = False
-        elif ch == "[":
-            in_class = True
-            out.append(ch)
-            i += 1
-            # A ']' right after '[' or '[^' is a literal member, not the end.
-            if i < n and pattern[i] == "^":
-                out.append("^")
-                i += 1
-            if i < n and pattern[i] == "]":
-                out.append("]")
-                i += 1
-            continue
-        elif ch == "(":
-            if pattern.startswith("(?P<", i):
-                out.append("(?:")
-                i = pattern.index(">", i) + 1
-                continue
-            if not pattern.startswith("(?", i):
-                out.append("(?:")
-                i += 1
-                continue
-        out.append(ch)
-        i += 1
-    return "".join(out)
-
-
-class JiebaWords:
-    """Whether a span of a caption is one whole token of jieba's precise mode
-    with HMM off (``jieba.lcut(text, HMM=False)``), computed only for the
-    block that holds the span.
-
-    jieba segments each run of Han characters, ASCII letters, digits and
-    ``+#&._%-`` on its own, picking the most probable path through the words of
-    its dictionary. This class runs that same search with jieba's dictionary
-    and arithmetic, but on one block and with the word log-probabilities
-    cached, which makes the few captions that need it several times cheaper.
-    ``tests/test_blacklist.py`` checks it against ``jieba.lcut``.
-    """
-
-    def __init__(self) -> None:
-        import jieba
-
-        jieba.setLogLevel(logging.WARNING)
-        # A private tokenizer: words other code adds to jieba's global one
-        # must not move our tokens.
-        tokenizer = jieba.Tokenizer()
-        tokenizer.initialize()
-        self._freq: dict[str, int] = tokenizer.FREQ
-        self._log_total = math.log(tokenizer.total)
-        # fragment -> log-probability if a word, None if only a prefix of
-        # words, _NOT_A_PREFIX otherwise; filled as fragments are met.
-        self._info: dict[str, Any] = {}
-        # Captions repeat phrases ("街边的广告牌"), so segmented blocks are kept.
-        self._blocks: dict[str, set[tuple[int, int]]] = {}
-        self._block = jieba.re_han_default
-        self._skip = jieba.re_skip_default
-
-    def is_token(self, text: str, start: int, end: int) -> bool:
-        """True when ``text[start:end]`` (character offsets) is one token."""
-        for block in self._block.finditer(text):
-            if block.start() <= start < block.end():
-                if end > block.end():
-                    return False
-                text_of_block = block.group()
-                spans = self._blocks.get(text_of_block)
-                if spans is None:
-                    if len(self._blocks) >= _BLOCK_CACHE_LIMIT:
-                        self._blocks.clear()
-                    spans = self._blocks[text_of_block] = set(self.block_spans(text_of_block))
-                return (start - block.start(), end - block.start()) in spans
-        # Outside the blocks jieba yields "\r\n", other whitespace and every
-        # other character one by one.
-        return end - start == 1 or text[start:end] == "\r\n"
-
-    def spans(self, text: str) -> list[tuple[int, int]]:
-        """Character spans of all tokens of ``text``, as jieba.lcut(HMM=False) cuts it."""
-        out: list[tuple[int, int]] = []
-        position = 0
-        for piece in self._block.split(text):
-            if not piece:
-                continue
-            if self._block.fullmatch(piece):
-                out.extend((position + a, position + b) for a, b in self.block_spans(piece))
-            else:
-                for part in self._skip.split(piece):
-                    if self._skip.fullmatch(part):
-                        out.append((position, position + len(part)))
-                        position += len(part)
-                    else:
-                        out.extend((position + k, position + k + 1) for k in range(len(part)))
-                        position += len(part)
-                continue
-            position += len(piece)
-        return out
-
-    def _lookup(self, fragment: str) -> Any:
-        if len(self._info) > _INFO_CACHE_LIMIT:
-            self._info.clear()
-        count = self._freq.get(fragment)
-        if count is None:
-            value: Any = _NOT_A_PREFIX
-        elif count:
-            value = math.log(count) - self._log_total
-        else:
-            value = None
-        self._info[fragment] = value
-        return value
-
-    def block_spans(self, block: str) -> list[tuple[int, int]]:
-        """Token spans of one block (``__cut_DAG_NO_HMM`` of jieba 0.42)."""
-        info, lookup = self._info, self._lookup
-        unknown_word = -self._log_total  # jieba's log(1) - log(total) for a lone character
-        n = len(block)
-        # Best path from the right over the dictionary's words, exactly as
-        # jieba's calc(): score(word) = log(freq) - log(total), ties go to the
-        # longer word as jieba's max() over (score, end) tuples does.
-        score = [0.0] * (n + 1)
-        choice = [0] * n
-        for k in range(n - 1, -1, -1):
-            best_score, best_end = -math.inf, -1
-            i, frag = k, block[k]
-            while i < n:
-                word_score = info.get(frag, _UNSEEN)
-                if word_score is _UNSEEN:
-                    word_score = lookup(frag)
-                if word_score is _NOT_A_PREFIX:
-                    break
-                if word_score is not None:
-                    candidate = word_score + score[i + 1]
-                    if candidate >= best_score:
-                        best_score, best_end = candidate, i
-                i += 1
-                frag = block[k:i + 1]
-            if best_end < 0:
-                best_score, best_end = unknown_word + score[k + 1], k
-            score[k], choice[k] = best_score, best_end
-        spans: list[tuple[int, int]] = []
-        x, run_start = 0, -1
-        while x < n:
-            y = choice[x] + 1
-            if y - x == 1 and block[x] in _ASCII_ALNUM:
-                if run_start < 0:
-                    run_start = x
-            else:
-                if run_start >= 0:
-                    spans.append((run_start, x))
-                    run_start = -1
-                spans.append((x, y))
-            x = y
-        if run_start >= 0:
-            spans.append((run_start, n))
-        return spans
-
-
-_UNSEEN = object()
-_NOT_A_PREFIX = object()
-_INFO_CACHE_LIMIT = 2_000_000
-_BLOCK_CACHE_LIMIT = 100_000
-_ASCII_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
-_WORDS: JiebaWords | None = None
-_WORDS_LOCK = threading.Lock()
-
-
-def jieba_words() -> JiebaWords:
-    """The process-wide :class:`JiebaWords`, loaded on first use (about 1 s)."""
-    global _WORDS
-    if _WORDS is None:
-        with _WORDS_LOCK:
-            if _WORDS is None:
-                _WORDS = JiebaWords()
-    return _WORDS
 
 
 def _polars(array: pa.Array) -> Any:

@@ -17,13 +17,9 @@ from zhclip.blacklist.loader import (
     available_lists,
     load_entries,
 )
-from zhclip.filters.blacklist import (
-    BlacklistMatcher,
-    ascii_lower,
-    jieba_words,
-    literal_alternatives,
-    without_captures,
-)
+from zhclip.filters.blacklist import BlacklistMatcher
+from zhclip.filters.blacklist_patterns import ascii_lower, literal_alternatives, without_captures
+from zhclip.filters.jieba_words import jieba_words
 from zhclip.pipeline.core.config import BlacklistConfig
 from zhclip.pipeline.core.reasons import blacklist_reason
 
