@@ -34,6 +34,7 @@ import platform
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -159,14 +160,38 @@ def bench_training(root: Path, small: bool, cuda: bool) -> dict[str, Any]:
 
 def goals(result: dict[str, Any]) -> dict[str, bool | None]:
     """The issue's goals, checked only against figures measured on CUDA (None otherwise)."""
-    if result["measured_on"] != "cuda":
-        return {k: None for k in ("step_10k_pairs_per_s", "step_over_model_0_9",
-                                  "zhclip_over_open_clip_1_0", "stage1_over_stage2_1_8")}
-    s, t = result["scoring"], result["training"]
-    return {"step_10k_pairs_per_s": s["step_pairs_per_s"] >= 10_000,
-            "step_over_model_0_9": s["step_over_model"] >= 0.9,
-            "zhclip_over_open_clip_1_0": t["zhclip_over_open_clip"] >= 1.0,
-            "stage1_over_stage2_1_8": t["stage1_over_stage2"] >= 1.8}
+    cuda = result["measured_on"] == "cuda"
+    s, t = result.get("scoring", {}), result.get("training", {})
+
+    def met(part: dict[str, Any], key: str, goal: float) -> bool | None:
+        value = part.get(key)
+        return value >= goal if cuda and isinstance(value, float) and math.isfinite(value) else None
+
+    return {"step_10k_pairs_per_s": met(s, "step_pairs_per_s", 10_000),
+            "step_over_model_0_9": met(s, "step_over_model", 0.9),
+            "zhclip_over_open_clip_1_0": met(t, "zhclip_over_open_clip", 1.0),
+            "stage1_over_stage2_1_8": met(t, "stage1_over_stage2", 1.8)}
+
+
+PARTS = {"scoring": lambda root, small, cuda: bench_scoring(root, small, cuda),
+         "training": lambda root, small, cuda: bench_training(root, small, cuda)}
+
+
+def run_part(name: str, root: Path, small: bool, cuda: bool) -> dict[str, Any]:
+    """One part's figures, or its error: a device run is one call, so a failure in
+    scoring must not cost the training figures (or the other way round)."""
+    started = time.perf_counter()
+    try:
+        figures = PARTS[name](root, small, cuda)
+    except Exception as err:  # noqa: BLE001 - recorded in the JSON and in the exit code
+        figures = {"error": f"{type(err).__name__}: {err}",
+                   "traceback": traceback.format_exc().splitlines()[-12:]}
+    figures["part_seconds"] = round(time.perf_counter() - started, 1)
+    return figures
+
+
+def write_result(path: str, result: dict[str, Any]) -> None:
+    Path(path).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,19 +213,19 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="zhclip-bench-device-") as tmp:
         root = Path(tmp)
-        if a.only in (None, "scoring"):
-            result["scoring"] = bench_scoring(root / "score", a.small, cuda)
-            print(f"scoring: {json.dumps(result['scoring'])}", flush=True)
-        if a.only in (None, "training"):
-            result["training"] = bench_training(root / "train", a.small, cuda)
-            print(f"training: {json.dumps(result['training'])}", flush=True)
+        for name in PARTS:
+            if a.only not in (None, name):
+                continue
+            result[name] = run_part(name, root / name, a.small, cuda)
+            print(f"{name}: {json.dumps(result[name])}", flush=True)
+            write_result(a.out, result)  # what is measured survives a later crash or time-out
     result["seconds"] = round(time.perf_counter() - t0, 1)
     if a.only is None:
         result["goals"] = goals(result)
-    bad = [k for part in ("scoring", "training") for k, v in result.get(part, {}).items()
-           if isinstance(v, float) and not math.isfinite(v)]
-    Path(a.out).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    print(f"wrote {a.out} in {result['seconds']}s")
+    bad = [f"{part}.{k}" for part in PARTS for k, v in result.get(part, {}).items()
+           if k == "error" or (isinstance(v, float) and not math.isfinite(v))]
+    write_result(a.out, result)
+    print(f"wrote {a.out} in {result['seconds']}s" + (f"; failed: {', '.join(bad)}" if bad else ""))
     return 1 if bad else 0
 
 

@@ -45,3 +45,32 @@ def test_full_size_run_refuses_without_cuda(tmp_path):
                            str(tmp_path / "x.json")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "--small" in proc.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def _device_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("zhclip_bench_device", REPO / "bench" / "device.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_failing_part_is_recorded_and_the_other_still_runs(tmp_path, monkeypatch):
+    """The device run is one call on a lent GPU: a crash in scoring (say the nvJPEG path)
+    must leave the training figures and the error in the JSON, and a non-zero exit."""
+    device = _device_module()
+
+    def broken(*_):
+        raise RuntimeError("nvjpeg exploded")
+
+    monkeypatch.setattr(device, "bench_scoring", broken)
+    out = tmp_path / "partial.json"
+    assert device.main(["--small", "--out", str(out)]) == 1
+    result = json.loads(out.read_text(encoding="utf-8"))
+    assert result["scoring"]["error"] == "RuntimeError: nvjpeg exploded"
+    assert any("nvjpeg exploded" in line for line in result["scoring"]["traceback"])
+    training = result["training"]
+    assert "error" not in training, training
+    assert training["zhclip_over_open_clip"] > 0 and math.isfinite(training["stage1_over_stage2"])
+    assert set(result["goals"].values()) == {None}
