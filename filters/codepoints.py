@@ -24,6 +24,8 @@ CLASSES = {
     "space": r"\s",
 }
 _MAX_CP = 0x10FFFF
+# _BIT_OF_PATTERN[p, b] = 1 when class bit b is set in the 4-bit pattern p.
+_BIT_OF_PATTERN = np.array([[p >> b & 1 for b in range(4)] for p in range(16)], dtype=np.int64)
 
 
 @lru_cache(maxsize=1)
@@ -60,18 +62,24 @@ def class_counts(arr: pa.Array | pa.ChunkedArray) -> dict[str, np.ndarray]:
     offsets, data = _offsets_and_bytes(arr)
     lead = (data & 0xC0) != 0x80  # the first byte of each character
     idx = np.flatnonzero(lead)
-    padded = np.concatenate([data, np.zeros(3, np.uint8)]).astype(np.uint32)
-    b0, b1, b2, b3 = (padded[idx + k] for k in range(4))
+    padded = np.concatenate([data, np.zeros(3, np.uint8)])
+    b0 = padded[idx].astype(np.uint32)
+    b1, b2, b3 = (padded[idx + k].astype(np.uint32) & 0x3F for k in (1, 2, 3))
     cp = np.where(b0 < 0x80, b0,
-         np.where(b0 < 0xE0, ((b0 & 0x1F) << 6) | (b1 & 0x3F),
-         np.where(b0 < 0xF0, ((b0 & 0x0F) << 12) | ((b1 & 0x3F) << 6) | (b2 & 0x3F),
-                  ((b0 & 0x07) << 18) | ((b1 & 0x3F) << 12) | ((b2 & 0x3F) << 6) | (b3 & 0x3F))))
-    bits = class_table()[np.minimum(cp, _MAX_CP)]
+         np.where(b0 < 0xE0, ((b0 & 0x1F) << 6) | b1,
+         np.where(b0 < 0xF0, ((b0 & 0x0F) << 12) | (b1 << 6) | b2,
+                  ((b0 & 0x07) << 18) | (b1 << 12) | (b2 << 6) | b3)))
+    np.minimum(cp, _MAX_CP, out=cp)  # a null slot's bytes need not be UTF-8
+    bits = class_table()[cp]
     char_at = np.concatenate([[0], np.cumsum(lead, dtype=np.int64)])[offsets]  # chars before each row
-    out = {"chars": np.diff(char_at)}
+    chars = np.diff(char_at)
+    # One histogram of (row, class bits) over all characters, then each class's column sum.
+    rows = np.repeat(np.arange(len(chars)), chars)
+    grid = np.bincount(rows * 16 + bits, minlength=len(chars) * 16).reshape(len(chars), 16)
+    per_class = grid @ _BIT_OF_PATTERN
+    out = {"chars": chars}
     for bit, name in enumerate(CLASSES):
-        running = np.concatenate([[0], np.cumsum((bits >> bit) & 1, dtype=np.int64)])
-        out[name] = np.diff(running[char_at])
+        out[name] = per_class[:, bit]
     if arr.null_count:
         valid = arr.is_valid().to_numpy(zero_copy_only=False)
         for counts in out.values():
