@@ -66,3 +66,24 @@ def test_chunked_arrays_count_across_chunks():
     assert class_counts(arr)["han"].tolist() == [3, 0, 0, 0]
     assert class_counts(arr)["kana"].tolist() == [0, 0, 4, 0]
     assert class_counts(arr)["text"].tolist() == [3, 0, 4, 9]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(ALPHABET, max_size=60))
+def test_the_numpy_decoder_agrees_with_python_on_valid_utf8(text):
+    import numpy as np
+    from zhclip.filters.codepoints import codepoints_of_bytes
+
+    data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    assert codepoints_of_bytes(data).tolist() == [ord(ch) for ch in text]
+
+
+def test_bytes_that_are_not_utf8_do_not_shift_the_other_rows():
+    # pyarrow validates UTF-8 on pa.array, not on from_buffers (or every reader): a bad row
+    # must neither crash the count nor move the next row's characters into it.
+    data = b"\xff\xfe\x80" + "猫".encode() + "一只狗".encode()
+    offsets = pa.py_buffer(pa.array([0, 6, 15], pa.int32()).buffers()[1])
+    arr = pa.Array.from_buffers(pa.string(), 2, [None, offsets, pa.py_buffer(data)])
+    counts = class_counts(arr)
+    assert counts["han"].tolist()[1] == 3 and counts["chars"].tolist()[1] == 3
+    assert counts["han"].tolist()[0] == 1
