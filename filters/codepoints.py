@@ -24,6 +24,10 @@ CLASSES = {
     "space": r"\s",
 }
 _MAX_CP = 0x10FFFF
+# Planes 4-16 hold no Han, kana, letter, digit or space (only tags, variation selectors and
+# private use), so the table asks RE2 about planes 0-3 only: a quarter of the start-up cost.
+# tests/filters/test_codepoints.py checks the claim against RE2 for every code point above.
+CLASSIFIED_UP_TO = 0x3FFFF
 # _BIT_OF_PATTERN[p, b] = 1 when class bit b is set in the 4-bit pattern p.
 _BIT_OF_PATTERN = np.array([[p >> b & 1 for b in range(4)] for p in range(16)], dtype=np.int64)
 
@@ -31,14 +35,23 @@ _BIT_OF_PATTERN = np.array([[p >> b & 1 for b in range(4)] for p in range(16)], 
 @lru_cache(maxsize=1)
 def class_table() -> np.ndarray:
     """uint8 bit set per code point: bit i set when the code point is in CLASSES' i-th class."""
-    cps = np.arange(_MAX_CP + 1, dtype=np.uint32)
+    cps = np.arange(CLASSIFIED_UP_TO + 1, dtype=np.uint32)
     cps = cps[(cps < 0xD800) | (cps > 0xDFFF)]  # surrogates are not characters
-    chars = pa.array(list(cps.astype("<u4").tobytes().decode("utf-32-le")), pa.string())
+    chars = one_char_strings(cps)
     table = np.zeros(_MAX_CP + 1, dtype=np.uint8)
     for bit, pattern in enumerate(CLASSES.values()):
         hit = pc.match_substring_regex(chars, pattern).to_numpy(zero_copy_only=False)
         table[cps[hit]] |= np.uint8(1 << bit)
     return table
+
+
+def one_char_strings(cps: np.ndarray) -> pa.Array:
+    """A string array holding each code point as a string of its own, built from buffers
+    (``pa.array(list(...))`` spends most of the table's build time on Python objects)."""
+    utf8_len = 1 + (cps >= 0x80).astype(np.int32) + (cps >= 0x800) + (cps >= 0x10000)
+    offsets = np.concatenate([[0], np.cumsum(utf8_len, dtype=np.int32)]).astype(np.int32)
+    data = cps.astype("<u4").tobytes().decode("utf-32-le").encode("utf-8")
+    return pa.Array.from_buffers(pa.string(), len(cps), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
 def _offsets_and_bytes(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:

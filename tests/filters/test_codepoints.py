@@ -87,3 +87,26 @@ def test_bytes_that_are_not_utf8_do_not_shift_the_other_rows():
     counts = class_counts(arr)
     assert counts["han"].tolist()[1] == 3 and counts["chars"].tolist()[1] == 3
     assert counts["han"].tolist()[0] == 1
+
+
+def test_no_class_has_a_member_above_the_classified_planes():
+    import numpy as np
+    from zhclip.filters.codepoints import CLASSIFIED_UP_TO, class_table, one_char_strings
+
+    cps = np.arange(CLASSIFIED_UP_TO + 1, 0x110000, dtype=np.uint32)
+    chars = one_char_strings(cps)
+    for name, pattern in CLASSES.items():
+        assert not pc.any(pc.match_substring_regex(chars, pattern)).as_py(), name
+    assert not class_table()[CLASSIFIED_UP_TO + 1:].any()
+    # and the table does classify the supplementary Han planes
+    assert class_table()[0x20000] & 1 and class_table()[0x30000] & 1
+
+
+def test_one_char_strings_hold_each_code_point():
+    import numpy as np
+    from zhclip.filters.codepoints import one_char_strings
+
+    cps = np.array([0x41, 0x7F, 0x80, 0x7FF, 0x800, 0x732B, 0xFFFD, 0x10000, 0x2A6A5, 0x10FFFF], np.uint32)
+    arr = one_char_strings(cps)
+    arr.validate(full=True)
+    assert arr.to_pylist() == [chr(c) for c in cps]
