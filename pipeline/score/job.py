@@ -1,8 +1,8 @@
 """Stage 3, `zhclip score`: downloaded shards -> scored, filtered, deduplicated final shards.
 
     download shards | Reshuffle | ScoreShard (decode, CLIP preprocess, score in
-    fixed batches, per-source threshold, test-set overlap) | DedupBySha256
-    | DedupNearImages (perceptual hash)
+    fixed batches, per-source threshold, test-set overlap) | DedupExactImages (sha256)
+    | DedupNearImages (perceptual hash), both in image_dedup.py
     | RankForShards | JoinSamples | WriteShards | manifest + report
 
 The model is built once per worker (DoFn.setup through Beam's Shared handle)
@@ -37,10 +37,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils.shared import Shared
 from tqdm import tqdm
-from zhclip.filters import image_rules
 from zhclip.filters import images as I
 from zhclip.pipeline.core import paths
-from zhclip.pipeline.core import reasons as RS
 from zhclip.pipeline.core import report as R
 from zhclip.pipeline.core import schema as S
 from zhclip.pipeline.core.cliargs import add_common_arguments, apply_common_arguments
@@ -54,12 +52,12 @@ from zhclip.pipeline.core.config import (
 from zhclip.pipeline.core.spill import read_part, remove_spill, spill_folder, write_part
 from zhclip.pipeline.core.tags import TAG_COUNTS, TAG_REJECTS
 from zhclip.pipeline.score.backends import build_scorer
+from zhclip.pipeline.score.image_dedup import DedupExactImages, DedupNearImages, index_entry
 from zhclip.pipeline.score.steps import (
     HIST_BINS,
     HIST_RANGE,
     IMAGE,
     MAX_NOTES,
-    PHASH,
     STAGE,
     ShardScorer,
     histogram,
@@ -164,95 +162,6 @@ def load_images(records: list[dict[str, Any]]) -> list[bytes]:
         for i in idx:
             out[i] = column[records[i][SPILL_ROW]].as_py()
     return out
-
-
-def _index_entry(rec: dict[str, Any]) -> dict[str, Any]:
-    """What dedup and ranking need of a record: no pixels."""
-    return {k: rec.get(k) for k in (S.KEY, S.SOURCE, S.URL, S.CAPTION, S.SPLIT, PHASH)}
-
-
-def _lose(loser: dict[str, Any], reason: str) -> Iterator[Any]:
-    yield beam.pvalue.TaggedOutput(REJECTS, {
-        S.KEY: loser[S.KEY], S.SOURCE: loser[S.SOURCE], S.URL: loser[S.URL],
-        S.CAPTION: loser[S.CAPTION], S.REASON: reason, S.STAGE: STAGE,
-    })
-    yield beam.pvalue.TaggedOutput(COUNTS, R.counts(loser[S.SOURCE], reasons={reason: 1}))
-
-
-def pick_sha_winner(element: tuple[str, list[dict[str, Any]]],
-                    reason: str = RS.REASON_DUPLICATE_IMAGE) -> Iterator[Any]:
-    """Keep the smallest key of a group of identical images; reject the others."""
-    _, entries = element
-    entries = sorted(entries, key=lambda e: e[S.KEY])
-    yield entries[0]
-    for loser in entries[1:]:
-        yield from _lose(loser, reason)
-
-
-def _band_candidates(entry: dict[str, Any], max_distance: int,
-                     caption_sources: frozenset[str]) -> Iterator[tuple[Any, tuple[str, int]]]:
-    """(band group key, (key, phash)) for each band of the entry's hash."""
-    group = image_rules.image_dedup_key("", entry[S.SOURCE], entry[S.CAPTION], caption_sources)
-    for band in image_rules.band_keys(entry[PHASH], max_distance):
-        yield (band, group), (entry[S.KEY], entry[PHASH])
-
-
-def _band_losers(element: tuple[Any, list[tuple[str, int]]], max_distance: int) -> Iterator[tuple[str, bool]]:
-    _, members = element
-    if len(members) > 1:
-        for key in image_rules.near_duplicate_losers(list(members), max_distance):
-            yield key, True
-
-
-def _resolve_near(element: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
-    _, joined = element
-    entries, lost = list(joined["entry"]), list(joined["lost"])
-    for entry in entries:
-        if lost:
-            yield from _lose(entry, RS.REASON_NEAR_DUPLICATE_IMAGE)
-        else:
-            yield entry
-
-
-class DedupNearImages(beam.PTransform):
-    """Index entries -> the entries that survive near-duplicate removal (main), rejects, counts.
-
-    Exact mode (distance 0) groups by the 64-bit perceptual hash through one
-    shuffle and keeps the smallest key, as sha256 dedup does. With distance
-    k > 0 each hash is shuffled under its k + 1 bands; an entry loses when a
-    band neighbour with a smaller key lies within k bits (one more shuffle joins
-    the verdicts back to the entries). ``dedup: url_caption`` sources group by
-    caption too, so their several captions of one image stay distinct pairs.
-    """
-
-    def __init__(self, max_distance: int, caption_sources: frozenset[str]) -> None:
-        super().__init__()
-        self._k = max_distance
-        self._caption_sources = caption_sources
-
-    def expand(self, index):
-        k, cs = self._k, self._caption_sources
-        if k == 0:
-            return (
-                index
-                | "ByPhash" >> beam.Map(lambda e: (image_rules.near_duplicate_key(
-                    e[PHASH], e[S.SOURCE], e[S.CAPTION], cs), e))
-                | "GroupPhash" >> beam.GroupByKey()
-                | "PickNearWinner" >> beam.FlatMap(
-                    pick_sha_winner, reason=RS.REASON_NEAR_DUPLICATE_IMAGE).with_outputs(
-                    REJECTS, COUNTS, main="winners")
-            )
-        lost = (
-            index
-            | "Bands" >> beam.FlatMap(_band_candidates, max_distance=k, caption_sources=cs)
-            | "GroupBand" >> beam.GroupByKey()
-            | "BandLosers" >> beam.FlatMap(_band_losers, max_distance=k)
-        )
-        return (
-            {"entry": index | "EntryByKey" >> beam.Map(lambda e: (e[S.KEY], e)), "lost": lost}
-            | "JoinVerdict" >> beam.CoGroupByKey()
-            | "Resolve" >> beam.FlatMap(_resolve_near).with_outputs(REJECTS, COUNTS, main="winners")
-        )
 
 
 def _bucket_of(entry: dict[str, Any]) -> tuple[tuple[str, str], str]:
@@ -385,16 +294,10 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, shards: list[DL.DownloadShard]
     kept = scored.kept
     reject_parts, count_parts = [scored[REJECTS]], [scored[COUNTS]]
 
-    index = kept | "IndexEntry" >> beam.Map(_index_entry)
+    index = kept | "IndexEntry" >> beam.Map(index_entry)
     if cfg.score.dedup_images:
         caption_sources = frozenset(s.name for s in cfg.sources if s.dedup == "url_caption")
-        dedup = (
-            kept
-            | "BySha256" >> beam.Map(lambda r: (image_rules.image_dedup_key(
-                r[S.SHA256], r[S.SOURCE], r[S.CAPTION], caption_sources), _index_entry(r)))
-            | "GroupSha256" >> beam.GroupByKey()
-            | "PickWinner" >> beam.FlatMap(pick_sha_winner).with_outputs(REJECTS, COUNTS, main="winners")
-        )
+        dedup = kept | "DedupExact" >> DedupExactImages(caption_sources)
         index = dedup.winners
         reject_parts.append(dedup[REJECTS])
         count_parts.append(dedup[COUNTS])
