@@ -213,9 +213,13 @@ def main() -> int:
     print(f"score step, decode workers off:     {step:9.1f} pairs/s   ratio {step / fwd:.3f}")
     print(f"score step, {workers_on} decode worker(s):     {step_on:9.1f} pairs/s   ratio {step_on / fwd:.3f}")
     cores = usable_cores()
-    if cores - torch.get_num_threads() < 2:
+    free = cores - torch.get_num_threads()
+    if free < 1:
         print(f"limit: {cores} cores, torch uses {torch.get_num_threads()}: decode workers share "
-              "cores with the model, so decoding still competes with it (>= 2 free cores needed)")
+              "cores with the model, so decoding competes with it (>= 2 free cores is the case to judge)")
+    elif free < 2:
+        print(f"limit: {cores} cores, torch uses {torch.get_num_threads()}: one core left for decoding "
+              "and everything else (tar reads, Beam); >= 2 free cores is the case to judge")
     print(f"pipeline (zhclip score, Beam):       {pipe:9.1f} pairs/s   ratio {pipe / fwd:.3f}  "
           f"({report['seconds']:.1f}s incl. model load; kept {report['total']['kept']})")
     rows = report["total"]["rows_in"]
