@@ -32,9 +32,13 @@ def spill_folder(out: str, stage: str, kind: str) -> str:
 
 
 def write_part(folder: str, table: pa.Table, subfolder: str = "") -> str:
-    """Write ``table`` as an Arrow IPC file under a fresh name; return its path."""
+    """Write ``table`` as an Arrow IPC file under a fresh name; return its path.
+
+    The name carries the row count (``{uuid}-{rows}.arrow``), so a bucket's
+    size is known from its part names without opening one.
+    """
     parts = [subfolder] if subfolder else []
-    path = paths.join(folder, *parts, f"{uuid.uuid4().hex}.arrow")
+    path = paths.join(folder, *parts, f"{uuid.uuid4().hex}-{table.num_rows}.arrow")
     fs, inner = paths.filesystem_for(path)
     fs.create_dir(inner.rpartition("/")[0], recursive=True)
     with fs.open_output_stream(inner) as sink, pa.ipc.new_file(sink, table.schema) as writer:
@@ -48,6 +52,17 @@ def read_part(path: str) -> pa.Table:
         return pa.ipc.open_file(pa.memory_map(inner)).read_all()  # zero-copy on local disk
     with fs.open_input_file(inner) as f:
         return pa.ipc.open_file(f).read_all()
+
+
+def part_rows(path: str) -> int:
+    """Rows of a part, from its name (read from the file for a name without a count)."""
+    stem = path.rsplit("/", 1)[-1].removesuffix(".arrow")
+    count = stem.rpartition("-")[2]
+    return int(count) if "-" in stem and count.isdigit() else read_part(path).num_rows
+
+
+def _is_local(path: str) -> bool:
+    return isinstance(paths.filesystem_for(path)[0], pafs.LocalFileSystem)
 
 
 def read_parts(part_paths) -> pa.Table:
@@ -68,35 +83,60 @@ def read_groups(part_paths: Sequence[str], n_buckets: int, group_rows: int,
     """Yield one bucket's rows in groups of about ``group_rows``; rows of one hash share a group.
 
     The bucket was chosen by ``hash % n_buckets``; the group is
-    ``(hash // n_buckets) % groups``, independent of it. Each group re-reads
-    the memory-mapped parts and copies out only its rows, so the resident
+    ``(hash // n_buckets) % groups``, independent of it. On local disk each
+    group re-reads the memory-mapped parts and copies out only its rows; on
+    a remote store (gs://), where a re-read is a download, one pass first
+    splits every part into per-group parts beside it. Either way the resident
     set is one group, whatever the bucket's size. Groups come in a fixed
     order and each holds the same rows whatever the part order, so a step
     that sorts within a group writes the same bytes on every run. The hash
     column is dropped unless ``drop`` is False.
     """
     ordered = sorted(part_paths)
-    total = 0
-    for p in ordered:
-        total += read_part(p).num_rows  # the footer only: mapped, not read
-    groups = group_count(total, group_rows)
+    groups = group_count(sum(part_rows(p) for p in ordered), group_rows)
     if groups == 1:
         table = read_parts(ordered) if ordered else None
         if table is not None:
             yield table.drop_columns([column]) if drop and column in table.column_names else table
         return
+
+    def group_of(part: pa.Table) -> np.ndarray:
+        return (part.column(column).to_numpy() // np.uint64(n_buckets)) % np.uint64(groups)
+
+    if ordered and not _is_local(ordered[0]):
+        by_group = _split_into_groups(ordered, groups, group_of)
+        for g in range(groups):
+            if by_group[g]:
+                table = read_parts(by_group[g])
+                yield table.drop_columns([column]) if drop else table
+        return
     for g in range(groups):
         pieces = []
         for p in ordered:
             part = read_part(p)
-            h = part.column(column).to_numpy()
-            idx = np.flatnonzero((h // np.uint64(n_buckets)) % np.uint64(groups) == np.uint64(g))
+            idx = np.flatnonzero(group_of(part) == np.uint64(g))
             if len(idx):
                 pieces.append(part.take(pa.array(idx)))
             del part  # unmaps the part before the next one is touched
         if pieces:
             table = pa.concat_tables(pieces).combine_chunks()
             yield table.drop_columns([column]) if drop else table
+
+
+def _split_into_groups(part_paths: list[str], groups: int, group_of) -> list[list[str]]:
+    """Each part read once and written back as one part per group (under g{group}/ beside it)."""
+    by_group: list[list[str]] = [[] for _ in range(groups)]
+    for p in part_paths:
+        part = read_part(p)
+        ids = group_of(part).astype(np.int64)
+        order = np.argsort(ids, kind="stable")
+        bounds = np.searchsorted(ids[order], np.arange(groups + 1))
+        folder = p.rsplit("/", 1)[0]
+        for g in range(groups):
+            if bounds[g + 1] > bounds[g]:
+                piece = part.take(pa.array(order[bounds[g]:bounds[g + 1]]))
+                by_group[g].append(write_part(folder, piece, f"g{g:05d}"))
+    return by_group
 
 
 def remove_spill(out: str, stage: str) -> None:
