@@ -1,11 +1,11 @@
-"""Per-string counts of character classes, in one numpy pass over the UTF-8 bytes.
+"""Per-string counts of character classes, from one decode of a column's UTF-8 bytes.
 
 The Chinese-text rule needs, for every caption, how many characters are Han,
 kana, letters or digits, and whitespace. Four RE2 ``count_substring_regex``
 passes with Unicode classes cost about 30% of stage 1; decoding the bytes to
-code points once and looking each up in a table costs a few percent. The
-table is built by asking RE2 itself about every code point, so the classes
-are the regex definitions exactly (``\\s`` is RE2's ASCII whitespace, ``\\p{Han}``
+code points once (CPython's codec) and looking each up in a table costs a few
+percent. The table is built by asking RE2 itself about each code point (planes 0-3; none above is in a class), so
+the classes are the regex definitions exactly (``\\s`` is RE2's ASCII whitespace, ``\\p{Han}``
 follows pyarrow's Unicode tables), not an approximation of them.
 """
 

@@ -17,7 +17,8 @@ error: NaN compares false with everything, so it used to rank every query first.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
@@ -129,14 +130,23 @@ def top_k(queries: torch.Tensor, candidates: torch.Tensor, k: int, chunk: int = 
     return torch.cat(parts) if parts else torch.empty(0, k, dtype=torch.long)
 
 
+@contextmanager
+def eval_mode(model) -> Iterator[None]:
+    """The model in eval mode (dropout off, BatchNorm frozen) for the block, then as it was."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def embed(model, batches: Iterable[dict], device: torch.device,
           autocast: torch.autocast | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised image and text features of every val sample, in float32 on ``device``."""
     images, texts = [], []
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for batch in batches:
             with autocast if autocast is not None else torch.autocast("cpu", enabled=False):
                 img = model.encode_image(batch["images"].to(device, non_blocking=True))
@@ -144,8 +154,6 @@ def embed(model, batches: Iterable[dict], device: torch.device,
                                         batch["attention_mask"].to(device))
             images.append(img.float())
             texts.append(txt.float())
-    finally:
-        model.train(was_training)
     if not images:
         raise ValueError("the val split yielded no samples")
     return torch.cat(images), torch.cat(texts)
@@ -208,13 +216,9 @@ def evaluate_benchmark(model, tokenizer, transform: Callable, bench, device, bat
     What `zhclip eval` reports for an exported model, computed on the live one,
     so the stage switch can watch a downstream benchmark as the paper's did.
     """
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         image_features = embed_image_stream(model, transform, bench.read_images(), device, batch_size, autocast)
         text_features = embed_captions(model, tokenizer, bench.texts, device, batch_size, autocast)
-    finally:
-        model.train(was_training)
     if image_features.shape[0] != len(bench.image_ids):
         raise ValueError(f"read {image_features.shape[0]} images, the index lists {len(bench.image_ids)}")
     return retrieval_metrics(image_features, text_features, bench.text_to_images, chunk)
