@@ -38,12 +38,26 @@ TRANSLATE = TORCH_STACK + ["sentencepiece>=0.2", "sacremoses"]
 # Stage 3 scorers: M-CLIP, open_clip, a zhclip export.
 SCORE = TRANSLATE + ["multilingual-clip==1.0.10", "open_clip_torch==3.3.0"]
 TRAIN = TORCH_STACK + ["open_clip_torch==3.3.0", "tensorboard"]
+# Stage 3's optional image-safety rule: NudeNet ships its ONNX detector in the wheel.
+SAFETY = ["nudenet>=3.4", "onnxruntime>=1.17"]
+# `zhclip export --format onnx` and `zhclip eval` on an ONNX folder.
+ONNX = ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.17"]
+# `zhclip search` over the corpus embeddings.
+SEARCH = ["faiss-cpu>=1.8"]
 DEV = [
     "pytest>=8",
     "pytest-timeout",
     "hypothesis>=6",
     "ruff>=0.6",
     "import-linter==2.16",
+    # The ecosystem's own clients, run by the tests as references:
+    "apache-beam[gcp]==2.77.0",  # Beam's GCS client (GCSFileSystem)
+    "gcp-storage-emulator",  # GCS JSON API on loopback
+    "gcsfs",  # fsspec's gs:// for the parts that use fsspec
+    "clip-benchmark",  # CLIP_benchmark's CLI on an open_clip export
+    "autofaiss",  # builds the kNN index from OUT/embeddings as-is
+    "lmdb",  # cn_clip's fine-tuning data layout
+    "scikit-image",  # real photographs shipped in the wheel, for image rules
 ]
 
 TOP_FOLDERS = ("pipeline", "training", "filters", "blacklist")
@@ -75,8 +89,11 @@ setup(
         "score": SCORE,
         "train": TRAIN,
         "dataflow": ["apache-beam[gcp]==2.77.0"],
+        "safety": SAFETY,
+        "onnx": ONNX,
+        "search": SEARCH,
         # everything: every stage, training and the test tools
-        "dev": sorted(set(SCORE + TRAIN)) + DEV,
+        "dev": sorted(set(SCORE + TRAIN + SAFETY + ONNX + SEARCH)) + DEV,
     },
     entry_points={"console_scripts": ["zhclip=zhclip.pipeline.cli:main"]},
 )
