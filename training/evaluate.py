@@ -28,6 +28,8 @@ MAX_BLOCK = 1 << 26
 # Scores this close to the best correct one count as ties (float32 matmuls of
 # identical features can differ in the last bits depending on the row's position).
 TIE_TOLERANCE = 1e-6
+# Images or captions per forward pass when a caller does not say.
+EMBED_BATCH = 128
 
 
 def check_finite(name: str, features: torch.Tensor) -> None:
@@ -174,9 +176,15 @@ def _no_autocast() -> torch.autocast:
 
 
 @torch.no_grad()
-def embed_image_stream(model, transform: Callable, images: Iterable, device, batch_size: int,
-                       autocast: torch.autocast | None = None) -> torch.Tensor:
-    """L2-normalised features [N, D] (float32, on the CPU) of a stream of PIL images."""
+def embed_image_stream(model, transform: Callable, images: Iterable, device="cpu",
+                       batch_size: int = EMBED_BATCH, autocast: torch.autocast | None = None
+                       ) -> torch.Tensor:
+    """L2-normalised features [N, D] (float32, on the CPU) of a stream of PIL images.
+
+    The one image-embedding helper: evaluation, the scorer's checks and the
+    exporters' equality tests all call it, so they cannot drift apart. Images of
+    any mode are converted to RGB first (the transform expects three channels).
+    """
     feats, batch = [], []
 
     def flush() -> None:
@@ -185,7 +193,7 @@ def embed_image_stream(model, transform: Callable, images: Iterable, device, bat
         batch.clear()
 
     for image in images:
-        batch.append(transform(image))
+        batch.append(transform(image if image.mode == "RGB" else image.convert("RGB")))
         if len(batch) == batch_size:
             flush()
     if batch:
@@ -196,8 +204,9 @@ def embed_image_stream(model, transform: Callable, images: Iterable, device, bat
 
 
 @torch.no_grad()
-def embed_captions(model, tokenizer, texts: Sequence[str], device, batch_size: int,
-                   autocast: torch.autocast | None = None) -> torch.Tensor:
+def embed_captions(model, tokenizer, texts: Sequence[str], device="cpu",
+                   batch_size: int = EMBED_BATCH, autocast: torch.autocast | None = None
+                   ) -> torch.Tensor:
     """L2-normalised features [N, D] (float32, on the CPU) of captions, ``batch_size`` at a time."""
     feats = []
     for start in range(0, len(texts), batch_size):

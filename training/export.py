@@ -2,12 +2,13 @@
 
 The scorer's ``zhclip`` backend and anyone evaluating a trained model use
 :func:`load_export`; it also accepts a training checkpoint, which carries the
-same three parts.
+same three parts. Features of a loaded model come from ``training.evaluate``'s
+streaming helpers (``embed_image_stream``, ``embed_captions``), the one set.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -60,23 +61,3 @@ def load_export(path: str | Path, device: str | torch.device = "cpu"
                                                                   spec["context_length"])))
     transform = eval_transform(spec["image_size"], spec["mean"], spec["std"])
     return model, tokenizer, transform
-
-
-@torch.no_grad()
-def embed_images(model: ChineseCLIP, transform: Callable, images: Sequence[Image.Image],
-                 device: str | torch.device = "cpu") -> torch.Tensor:
-    """L2-normalised image embeddings [N, D] (float32, on CPU)."""
-    if not images:
-        return torch.empty(0, model.spec["embed_dim"])
-    pixels = torch.stack([transform(im.convert("RGB")) for im in images]).to(device)
-    return model.encode_image(pixels).float().cpu()
-
-
-@torch.no_grad()
-def embed_texts(model: ChineseCLIP, tokenizer: CaptionTokenizer, captions: Sequence[str],
-                device: str | torch.device = "cpu") -> torch.Tensor:
-    """L2-normalised caption embeddings [N, D] (float32, on CPU)."""
-    if not captions:
-        return torch.empty(0, model.spec["embed_dim"])
-    ids, mask = tokenizer(list(captions))
-    return model.encode_text(ids.to(device), mask.to(device)).float().cpu()

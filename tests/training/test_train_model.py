@@ -14,7 +14,9 @@ from zhclip.training.config import (
     fill_stage_defaults,
     train_config_from_dict,
 )
-from zhclip.training.export import embed_images, embed_texts, export_model, load_export
+from zhclip.training.evaluate import embed_captions as embed_texts
+from zhclip.training.evaluate import embed_image_stream as embed_images
+from zhclip.training.export import export_model, load_export
 from zhclip.training.fixtures import (  # noqa: E402
     TINY_RN,
     tiny_train_section,

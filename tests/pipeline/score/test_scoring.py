@@ -130,7 +130,8 @@ def test_zhclip_backend_scores_a_model_exported_by_training(tmp_path):
     pytest.importorskip("zhclip.training.export")
     import torch
     from zhclip.training.config import train_config_from_dict
-    from zhclip.training.export import embed_images, embed_texts, export_model, load_export
+    from zhclip.training.evaluate import embed_captions, embed_image_stream
+    from zhclip.training.export import export_model, load_export
     from zhclip.training.fixtures import tiny_train_section, write_tiny_bert, write_tiny_image_tower
     from zhclip.training.model import build_model
     from zhclip.training.tokenizer import load_tokenizer
@@ -148,7 +149,7 @@ def test_zhclip_backend_scores_a_model_exported_by_training(tmp_path):
     ours = scorer.score(imgs, caps)
 
     loaded, tok2, transform = load_export(path, "cpu")
-    ref = (embed_images(loaded, transform, imgs) * embed_texts(loaded, tok2, caps)).sum(-1)
+    ref = (embed_image_stream(loaded, transform, imgs) * embed_captions(loaded, tok2, caps)).sum(-1)
     np.testing.assert_allclose(ours, ref.numpy(), atol=1e-4)
     assert np.all(np.abs(ours) <= 1)
 
