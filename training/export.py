@@ -8,7 +8,10 @@ streaming helpers (``embed_image_stream``, ``embed_captions``), the one set.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -61,3 +64,26 @@ def load_export(path: str | Path, device: str | torch.device = "cpu"
                                                                   spec["context_length"])))
     transform = eval_transform(spec["image_size"], spec["mean"], spec["std"])
     return model, tokenizer, transform
+
+
+@contextmanager
+def atomic_write_dir(final: Path) -> Iterator[Path]:
+    """Yield a fresh folder beside ``final``; on success it replaces ``final`` whole.
+
+    An export folder is read as a set (config, weights, tokenizer), so a reader
+    must never see a half-written one, nor a mix of an old and a new export.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        final.replace(old)
+    tmp.replace(final)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,50 @@
+"""Test material for the exporters: a trained-looking tiny zhclip export on disk.
+
+Every weight is moved off its initial value, so a dropped, renamed or
+mis-transposed tensor shows in the features an exported copy computes. The
+vocabulary covers the synthetic captions plus both spellings of common Chinese
+punctuation (full-width ``，`` and ASCII ``,``), so open_clip's ftfy folding
+changes real token ids instead of falling to [UNK] on both sides.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from zhclip.training import fixtures, tiny
+
+# Captions whose punctuation open_clip's cleaning folds (full-width -> ASCII),
+# and their folded spellings, so both are in the vocabulary.
+PUNCTUATED = ["左上的红色圆形，很大！", "（右下）蓝色方形：小", "左下的黄色三角形；不是圆形？"]
+FOLDED = ["左上的红色圆形,很大!", "(右下)蓝色方形:小", "左下的黄色三角形;不是圆形?"]
+
+
+def write_export(
+    root: Path, kind: str = "vit", quick_gelu: bool = True, seed: int = 0, context_length: int = 16
+) -> Path:
+    """``root/export.pt``: a tiny ViT or ResNet (``kind``) + BERT zhclip export."""
+    import torch
+    from zhclip.training.config import train_config_from_dict
+    from zhclip.training.export import export_model
+    from zhclip.training.model import build_model
+    from zhclip.training.tokenizer import load_tokenizer
+
+    cfg = tiny.TINY_RN if kind == "rn" else tiny.TINY_VIT
+    image = tiny.write_tiny_image_tower(
+        root / kind, name=f"zhclip-Export-{kind}", cfg=cfg, seed=seed
+    )
+    bert = tiny.write_tiny_bert(
+        root / "bert", fixtures.all_captions() + PUNCTUATED + FOLDED, seed=seed
+    )
+    section = fixtures.tiny_train_section(
+        root, {**image, "quick_gelu": quick_gelu}, bert, context_length=context_length
+    )
+    torch.manual_seed(seed)
+    model = build_model(train_config_from_dict(section))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+        model.logit_scale.fill_(3.3)
+    model.eval()
+    tokenizer = load_tokenizer(str(bert), context_length)
+    return export_model(model, tokenizer, root / "export.pt")
