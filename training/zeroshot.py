@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from zhclip.training.evaluate import check_finite, ranks, recall_at
+from zhclip.training.evaluate import check_finite, embed_captions, ranks, recall_at
 
 PLACEHOLDER = "{}"
 # Written for zhclip: plain photo captions in the register of web alt text.
@@ -64,11 +64,8 @@ def class_features(model, tokenizer, classnames: Sequence[str], templates: Seque
                    device: str | torch.device = "cpu", batch_size: int = 256) -> torch.Tensor:
     """The [C, D] zero-shot classifier of ``classnames`` under ``templates``."""
     texts = [p for name in classnames for p in prompts(name, templates)]
-    feats = []
-    for start in range(0, len(texts), batch_size):
-        ids, mask = tokenizer(texts[start:start + batch_size])
-        feats.append(model.encode_text(ids.to(device), mask.to(device)).float().cpu())
-    out = torch.cat(feats).reshape(len(classnames), len(templates), -1)
+    feats = embed_captions(model, tokenizer, texts, device, batch_size)
+    out = feats.reshape(len(classnames), len(templates), -1)
     check_finite("class prompt", out.reshape(len(texts), -1))
     return ensemble(out)
 
