@@ -16,7 +16,6 @@ fetched again, and a key is never in the tar twice.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -32,28 +31,27 @@ import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from zhclip.pipeline.core import reasons as RS
 from zhclip.pipeline.core import schema as S
-from zhclip.pipeline.core.reasons import PRIVATE_ADDRESS
 from zhclip.pipeline.download.columns import (
-    ERROR_CLASS,
-    ERROR_MESSAGE,
-    RENAMED_ON_INPUT,
     STATUS,
-    STATUS_FAILED_TO_DOWNLOAD,
-    STATUS_FAILED_TO_RESIZE,
     STATUS_SUCCESS,
 )
 from zhclip.pipeline.download.fetch import FetchPolicy, guarded_fetch_installed
-from zhclip.pipeline.download.img2dataset_glue import (
-    WORK_NAME,
-    WORK_SHARD_ID,
-    build_downloader,
-    column_list,
+from zhclip.pipeline.download.img2dataset_glue import WORK_NAME, WORK_SHARD_ID, build_downloader
+from zhclip.pipeline.download.shard_input import (  # noqa: F401 - re-exported names
+    STAGE,
+    BadUrlShard,
+    ShardInput,
+    read_shard_input,
+    write_img2dataset_input,
+)
+from zhclip.pipeline.download.shard_stats import (  # noqa: F401 - re-exported names
+    download_rejects,
+    reject_reason,
+    shard_stats,
 )
 from zhclip.pipeline.shards.format import member_stem
 
-STAGE = "download"
 DOWNLOADS_DIR = "downloads"
 REJECTS_DIR = "rejects"
 WORK_DIR = "_tmp"
@@ -96,75 +94,6 @@ def shard_files(output: str, shard: str) -> ShardFiles:
 def _is_local(path: str) -> bool:
     fs, _ = fsspec.core.url_to_fs(path)
     return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
-
-
-# --- input -------------------------------------------------------------------
-
-
-class BadUrlShard(ValueError):
-    """A URL shard that cannot be read; the message names the file."""
-
-
-@dataclass
-class ShardInput:
-    """A metadata shard split into rows to download and rows rejected up front."""
-
-    table: pa.Table  # METADATA_SCHEMA, unique non-null keys
-    rejects: pa.Table  # REJECT_SCHEMA
-    input_rows: int
-    digest: str
-
-
-def read_shard_input(metadata_path: str) -> ShardInput:
-    """Read a stage-1 shard; rows without a key or with a repeated key become rejects.
-
-    Stage 1 promises unique keys, but a key written twice here would be a
-    duplicate sample in the tar, so it is checked rather than trusted.
-    """
-    try:
-        with fsspec.open(metadata_path, "rb") as f:
-            table = S.conform(pq.read_table(f), S.METADATA_SCHEMA)
-    except (OSError, pa.ArrowException) as err:
-        raise BadUrlShard(
-            f"URL shard {metadata_path} cannot be read ({err}); rerun `zhclip metadata` "
-            "to rewrite it"
-        ) from None
-    keys = table.column(S.KEY).to_pylist()
-    seen: set[str] = set()
-    keep, drop, reasons = [], [], []
-    for i, key in enumerate(keys):
-        if key is None or key == "":
-            drop.append(i)
-            reasons.append(RS.REASON_MALFORMED_ROW)
-        elif key in seen:
-            drop.append(i)
-            reasons.append(RS.REASON_DUPLICATE_KEY)
-        else:
-            seen.add(key)
-            keep.append(i)
-    dropped = table.take(pa.array(drop, pa.int64()))
-    rejects = RS.reject_table(
-        dropped.column(S.KEY).to_pylist(),
-        dropped.column(S.SOURCE).to_pylist(),
-        dropped.column(S.URL).to_pylist(),
-        dropped.column(S.CAPTION).to_pylist(),
-        reasons,
-        STAGE,
-    )
-    kept = table.take(pa.array(keep, pa.int64())) if drop else table
-    digest = hashlib.sha256()
-    for key in sorted(seen):
-        digest.update(key.encode("utf-8") + b"\n")
-    digest.update(f"rows={table.num_rows}".encode())
-    return ShardInput(kept, rejects, table.num_rows, digest.hexdigest())
-
-
-def _write_img2dataset_input(table: pa.Table, path: str) -> None:
-    """The Arrow IPC file img2dataset's Downloader reads, with its column names."""
-    renamed = table.rename_columns([RENAMED_ON_INPUT.get(n, n) for n in table.column_names])
-    selected = renamed.select(column_list())
-    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, selected.schema) as writer:
-        writer.write_table(selected)
 
 
 # --- consistency of existing outputs -------------------------------------------
@@ -217,100 +146,6 @@ def read_complete_outputs(files: ShardFiles, digest: str) -> pa.Table | None:
         return None
 
 
-# --- statistics and rejects ----------------------------------------------------
-
-
-def reject_reason(error_class: str) -> str:
-    """Reject reason of a failed download: ``private_address`` or ``download:<class>``."""
-    if error_class == PRIVATE_ADDRESS:
-        return RS.REASON_PRIVATE_ADDRESS
-    return f"{RS.DOWNLOAD_PREFIX}:{error_class}"
-
-
-def download_rejects(table: pa.Table, before: pa.Table) -> pa.Table:
-    """Reject rows for every non-success row of a shard's parquet, after ``before``."""
-    failed = table.filter(pc.not_equal(table.column(STATUS), STATUS_SUCCESS))
-    rows = RS.reject_table(
-        failed.column(S.KEY).to_pylist(),
-        failed.column(S.SOURCE).to_pylist(),
-        failed.column(S.URL).to_pylist(),
-        failed.column(S.CAPTION).to_pylist(),
-        [reject_reason(c or "other") for c in failed.column(ERROR_CLASS).to_pylist()],
-        STAGE,
-    )
-    return pa.concat_tables([before, rows])
-
-
-def shard_stats(
-    shard: str,
-    table: pa.Table,
-    shard_input: ShardInput,
-    started: float,
-    duration: float,
-    downloads_run: int,
-) -> dict:
-    """img2dataset's stats fields for the shard, plus zhclip's breakdown and accounting."""
-    statuses = table.column(STATUS).to_pylist()
-    classes = table.column(ERROR_CLASS).to_pylist()
-    messages = table.column(ERROR_MESSAGE).to_pylist()
-    sources = table.column(S.SOURCE).to_pylist()
-    by_status = Counter(statuses)
-    failed: dict[str, Counter[str]] = {
-        STATUS_FAILED_TO_DOWNLOAD: Counter(), STATUS_FAILED_TO_RESIZE: Counter()
-    }
-    per_source: dict[str, Counter[str]] = {}
-    status_dict: Counter[str] = Counter()
-    for status, cls, msg, source in zip(statuses, classes, messages, sources, strict=True):
-        src = per_source.setdefault(source or "", Counter())
-        src["rows_in"] += 1
-        if status == STATUS_SUCCESS:
-            src["success"] += 1
-            status_dict[STATUS_SUCCESS] += 1
-        else:
-            src["failed"] += 1
-            src[RS.download_reason(cls or "other")] += 1
-            failed.setdefault(status or "unknown", Counter())[cls or "other"] += 1
-            status_dict[msg or ""] += 1
-    early = zip(shard_input.rejects.column(S.SOURCE).to_pylist(),
-                shard_input.rejects.column(S.REASON).to_pylist(), strict=True)
-    for source, reason in early:
-        src = per_source.setdefault(source or "", Counter())
-        src["rows_in"] += 1
-        src["rejected_before_download"] += 1
-        src[reason] += 1
-    rejected_early = Counter(shard_input.rejects.column(S.REASON).to_pylist())
-    accounted = (
-        by_status[STATUS_SUCCESS]
-        + sum(sum(c.values()) for c in failed.values())
-        + shard_input.rejects.num_rows
-    )
-    return {
-        # img2dataset's own fields, so its tools read these files as theirs.
-        "count": table.num_rows,
-        "successes": by_status[STATUS_SUCCESS],
-        "failed_to_download": by_status[STATUS_FAILED_TO_DOWNLOAD],
-        "failed_to_resize": by_status[STATUS_FAILED_TO_RESIZE],
-        "duration": duration,
-        "start_time": started,
-        "end_time": started + duration,
-        "status_dict": dict(status_dict.most_common()),
-        "zhclip": {
-            "shard": shard,
-            "input_rows": shard_input.input_rows,
-            "input_digest": shard_input.digest,
-            "success": by_status[STATUS_SUCCESS],
-            "failed_to_download": dict(failed[STATUS_FAILED_TO_DOWNLOAD]),
-            "failed_to_resize": dict(failed[STATUS_FAILED_TO_RESIZE]),
-            "failed_other": {k: dict(v) for k, v in failed.items()
-                             if k not in (STATUS_FAILED_TO_DOWNLOAD, STATUS_FAILED_TO_RESIZE)},
-            "rejected_before_download": dict(rejected_early),
-            "per_source": {k: dict(v) for k, v in sorted(per_source.items())},
-            "accounting_ok": accounted == shard_input.input_rows,
-            "download_runs": downloads_run,
-        },
-    }
-
-
 # --- running img2dataset -------------------------------------------------------
 
 
@@ -333,7 +168,7 @@ def run_img2dataset(table: pa.Table, dcfg, policy: FetchPolicy, work: str) -> tu
     sub = os.path.join(work, f"run-{uuid.uuid4().hex[:8]}")
     os.makedirs(sub)
     input_path = os.path.join(sub, "input.feather")
-    _write_img2dataset_input(table, input_path)
+    write_img2dataset_input(table, input_path)
     downloader = build_downloader(dcfg, sub, table.num_rows)
     with guarded_fetch_installed(policy):
         downloader.download_shard((WORK_SHARD_ID, input_path))

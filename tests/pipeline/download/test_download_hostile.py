@@ -34,6 +34,7 @@ from zhclip.pipeline.demo.imageserver import (
     rle_bmp_bomb,
 )
 from zhclip.pipeline.download import fetch as F
+from zhclip.pipeline.download import guard
 from zhclip.pipeline.download.errors import classify_error
 
 LOOPBACK = ("127.0.0.0/8",)
@@ -153,7 +154,7 @@ def test_idn_host_is_resolved_and_sent_in_its_idna_form(server, monkeypatch):
             raise socket.gaierror(socket.EAI_NONAME, f"test resolver knows no {host!r}")
         return socket.getaddrinfo("127.0.0.1", port, *rest)
 
-    monkeypatch.setattr(F, "resolve", resolve)
+    monkeypatch.setattr(guard, "resolve", resolve)
     _, stream, error = fetch(f"http://例子.测试:{server.port}/img/猫.jpg")
     assert error is None, error
     assert asked == ["xn--fsqu00a.xn--0zwm56d"]
@@ -170,7 +171,7 @@ def test_idn_host_is_resolved_and_sent_in_its_idna_form(server, monkeypatch):
 ])
 def test_6to4_teredo_and_nat64_forms_of_private_ipv4_are_refused(server, monkeypatch, address):
     connected: list = []
-    monkeypatch.setattr(F, "resolve", lambda host, port, *rest: [
+    monkeypatch.setattr(guard, "resolve", lambda host, port, *rest: [
         (socket.AF_INET6, socket.SOCK_STREAM, 6, "", (address, port, 0, 0))])
     monkeypatch.setattr(socket.socket, "connect", lambda self, addr: connected.append(addr))
     for url in (f"http://[{address}]:{server.port}/a.jpg", f"http://six.example:{server.port}/a.jpg"):
@@ -264,10 +265,10 @@ def test_download_image_never_raises_and_always_names_a_reason(url):
     def no_dns(host, *args):
         raise socket.gaierror(socket.EAI_NONAME, "fuzzing: no DNS")
 
-    original = F.resolve
-    F.resolve = no_dns  # hypothesis runs examples without function-scoped fixtures
+    original = guard.resolve
+    guard.resolve = no_dns  # hypothesis runs examples without function-scoped fixtures
     try:
         key, stream, error = fetch(url, allow=(), timeout=0.2, deadline=0.5)
     finally:
-        F.resolve = original
+        guard.resolve = original
     assert key == "k" and stream is None and isinstance(error, str) and error
