@@ -23,7 +23,7 @@ from zhclip.filters.urls import url_dedup_keys
 from zhclip.pipeline.core import schema as S
 from zhclip.pipeline.core import spill
 from zhclip.pipeline.core.config import config_from_dict
-from zhclip.pipeline.metadata import job
+from zhclip.pipeline.metadata import job, steps
 
 SUBJECTS = ["一只橘猫", "两只小狗", "一位老人", "一群孩子", "一辆红色汽车", "一座古老的寺庙", "一碗牛肉面"]
 PLACES = ["窗台上", "草地上", "老街的石板路上", "湖边", "雪山脚下", "夜晚的城市街头", "木质餐桌上"]
@@ -64,10 +64,10 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("groups")
     _laion(root / "laion.parquet", 900)
     seen: dict[str, list[int]] = {"url": [], "key": []}
-    by_url, by_key = job.dedup_by_url, job.dedup_by_key
+    by_url, by_key = steps.dedup_by_url, steps.dedup_by_key
     mp = pytest.MonkeyPatch()
-    mp.setattr(job, "dedup_by_url", lambda t, c=frozenset(): (seen["url"].append(t.num_rows), by_url(t, c))[1])
-    mp.setattr(job, "dedup_by_key", lambda t: (seen["key"].append(t.num_rows), by_key(t))[1])
+    mp.setattr(steps, "dedup_by_url", lambda t, c=frozenset(): (seen["url"].append(t.num_rows), by_url(t, c))[1])
+    mp.setattr(steps, "dedup_by_key", lambda t: (seen["key"].append(t.num_rows), by_key(t))[1])
     try:
         small = _run(root / "laion.parquet", root / "small", group_rows=40)
         small_seen = {k: list(v) for k, v in seen.items()}
