@@ -1,6 +1,7 @@
 """`zhclip eval`: a trained model on a retrieval benchmark or a zero-shot image folder.
 
     zhclip eval --model export.pt --data MUGE/ --split valid --out metrics.json
+    zhclip eval --model onnx_dir/ --data MUGE/ --split valid --out metrics.json
     zhclip eval --model ckpt-000100.pt --data imagenet_val/ --task zeroshot \\
         --classnames label_cn.txt --out zs.json --save-features feats/
 
@@ -30,7 +31,10 @@ PREDICTION_K = 10
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="a zhclip export (export.pt) or training checkpoint")
+    parser.add_argument("--model", required=True, help="a zhclip export (export.pt), training "
+                        "checkpoint, or `zhclip export --format onnx` folder (run on onnxruntime)")
+    parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                        help="which graphs of an ONNX folder to run (fp16 needs --fp16 at export)")
     parser.add_argument("--data", required=True, help="benchmark folder")
     parser.add_argument("--task", choices=(TASK_RETRIEVAL, TASK_ZEROSHOT), default=TASK_RETRIEVAL)
     parser.add_argument("--format", default="auto", choices=("auto", *FORMATS),
@@ -81,6 +85,12 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def _load_model(args: argparse.Namespace, device):
+    from zhclip.training.onnx_model import is_onnx_folder, load_onnx_export
+
+    if is_onnx_folder(args.model):  # the deployable artefact, run on onnxruntime
+        model, tokenizer, transform = load_onnx_export(args.model, device, args.precision)
+        log.info("loaded ONNX %s graphs from %s", args.precision, args.model)
+        return model, tokenizer, transform
     from zhclip.training.export import load_export
 
     model, tokenizer, transform = load_export(args.model, device)

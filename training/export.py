@@ -87,3 +87,11 @@ def atomic_write_dir(final: Path) -> Iterator[Path]:
         final.replace(old)
     tmp.replace(final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def write_tokenizer_files(vocab: list[str], context_length: int, folder: Path) -> None:
+    """The BERT tokenizer files (vocab.txt, tokenizer.json, ...) any transformers
+    ``AutoTokenizer`` loads; exported folders carry them beside the weights."""
+    tokenizer = tokenizer_from_vocab(vocab, context_length).tokenizer
+    tokenizer.model_max_length = context_length
+    tokenizer.save_pretrained(folder)

@@ -5,7 +5,10 @@
 - ``cn_clip``: a Chinese-CLIP checkpoint + model configs (training.convert);
 - ``hf``: a transformers ChineseCLIPModel folder with its processor (training.convert);
 - ``open_clip``: a folder ``open_clip.create_model_and_transforms("local-dir:DIR")``
-  loads (training.export_open_clip).
+  loads (training.export_open_clip);
+- ``onnx``: ``image.onnx`` and ``text.onnx`` with dynamic batch (and text length)
+  axes, optionally float16 copies, with preprocessing and tokenizer files
+  (training.export_onnx); ``zhclip eval --model DIR`` runs them on onnxruntime.
 
 A format that cannot hold the model exactly is refused with the reason, in one line.
 """
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from zhclip.pipeline.core.errors import UsageError
+from zhclip.training.export_onnx import DEFAULT_OPSET
 
 
 def _cn_clip_or_hf(fmt: str) -> Callable[[Mapping[str, Any], Path, argparse.Namespace], Path]:
@@ -35,11 +39,18 @@ def _open_clip(data: Mapping[str, Any], out: Path, args: argparse.Namespace) -> 
     return write_open_clip(data, out)
 
 
+def _onnx(data: Mapping[str, Any], out: Path, args: argparse.Namespace) -> Path:
+    from zhclip.training.export_onnx import write_onnx
+
+    return write_onnx(data, out, fp16=args.fp16, opset=args.opset)
+
+
 # format -> writer(data, output folder, parsed args); each raises CannotConvert to refuse
 WRITERS: dict[str, Callable[[Mapping[str, Any], Path, argparse.Namespace], Path]] = {
     "cn_clip": _cn_clip_or_hf("cn_clip"),
     "hf": _cn_clip_or_hf("hf"),
     "open_clip": _open_clip,
+    "onnx": _onnx,
 }
 
 
@@ -51,9 +62,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=tuple(WRITERS),
         help="cn_clip: Chinese-CLIP checkpoint + model configs; "
         "hf: transformers ChineseCLIPModel folder with its processor; "
-        "open_clip: an open_clip local-dir: folder",
+        "open_clip: an open_clip local-dir: folder; "
+        "onnx: image.onnx + text.onnx with dynamic batch axes",
     )
     parser.add_argument("--output", required=True, help="folder to write")
+    parser.add_argument(
+        "--fp16",
+        action="store_true",
+        help="onnx: also write float16 graphs (image.fp16.onnx, text.fp16.onnx)",
+    )
+    parser.add_argument(
+        "--opset",
+        type=int,
+        default=DEFAULT_OPSET,
+        help=f"onnx: the ONNX opset to write (default {DEFAULT_OPSET})",
+    )
 
 
 def main(args: argparse.Namespace, beam_args: list[str]) -> int:

@@ -17,6 +17,8 @@ from zhclip.training import fixtures, tiny
 # and their folded spellings, so both are in the vocabulary.
 PUNCTUATED = ["左上的红色圆形，很大！", "（右下）蓝色方形：小", "左下的黄色三角形；不是圆形？"]
 FOLDED = ["左上的红色圆形,很大!", "(右下)蓝色方形:小", "左下的黄色三角形;不是圆形?"]
+# How a benchmark image's several captions are phrased.
+PHRASINGS = ("{p}的{c}{s}", "{c}{s}在{p}", "{p}有一个{c}{s}")
 
 
 def write_export(
@@ -34,7 +36,7 @@ def write_export(
         root / kind, name=f"zhclip-Export-{kind}", cfg=cfg, seed=seed
     )
     bert = tiny.write_tiny_bert(
-        root / "bert", fixtures.all_captions() + PUNCTUATED + FOLDED, seed=seed
+        root / "bert", fixtures.all_captions() + PUNCTUATED + FOLDED + list(PHRASINGS), seed=seed
     )
     section = fixtures.tiny_train_section(
         root, {**image, "quick_gelu": quick_gelu}, bert, context_length=context_length
@@ -48,3 +50,28 @@ def write_export(
     model.eval()
     tokenizer = load_tokenizer(str(bert), context_length)
     return export_model(model, tokenizer, root / "export.pt")
+
+
+def write_benchmark(
+    folder: Path, n_images: int = 12, captions_per_image: int = 2, seed: int = 0
+) -> Path:
+    """A Chinese-CLIP-layout retrieval set (test split) of synthetic shapes:
+    ``captions_per_image`` phrasings of each image's caption."""
+    import random
+
+    rng = random.Random(seed)
+    combos = rng.sample(
+        [(p, c, s) for p in fixtures.PLACES for c in fixtures.COLOURS for s in fixtures.SHAPES],
+        n_images,
+    )
+    images = [
+        (100 + i, fixtures.png_bytes(fixtures.draw_sample(*c, 40, rng)))
+        for i, c in enumerate(combos)
+    ]
+    phrasings = PHRASINGS[:captions_per_image]
+    texts = [
+        (len(phrasings) * i + j, f.format(p=p, c=c, s=s), [100 + i])
+        for i, (p, c, s) in enumerate(combos)
+        for j, f in enumerate(phrasings)
+    ]
+    return fixtures.write_chinese_clip_benchmark(folder, "test", images, texts)

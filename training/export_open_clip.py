@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 from zhclip.training.convert import refuse_if
-from zhclip.training.export import atomic_write_dir
+from zhclip.training.export import atomic_write_dir, write_tokenizer_files
 
 FORMAT = "open_clip"
 CONFIG_FILE = "open_clip_config.json"
@@ -121,7 +121,6 @@ def write_open_clip(data: Mapping[str, Any], out_dir: str | Path) -> Path:
     """Write the folder (atomically: built beside it, then renamed into place)."""
     from safetensors.torch import save_file
     from transformers import BertConfig
-    from zhclip.training.tokenizer import tokenizer_from_vocab
 
     spec, vocab = data["spec"], list(data["vocab"])
     refuse_if(open_clip_problems(spec, vocab), FORMAT)
@@ -129,9 +128,7 @@ def write_open_clip(data: Mapping[str, Any], out_dir: str | Path) -> Path:
     final = Path(out_dir).resolve()
     with atomic_write_dir(final) as tmp:
         BertConfig.from_dict(spec["text"]["bert_config"]).save_pretrained(tmp)
-        tokenizer = tokenizer_from_vocab(vocab, context_length).tokenizer
-        tokenizer.model_max_length = context_length
-        tokenizer.save_pretrained(tmp)
+        write_tokenizer_files(vocab, context_length, tmp)
         save_file(to_open_clip_state_dict(data["state_dict"]), str(tmp / WEIGHTS_FILE))
         config = open_clip_config(spec, final, context_length)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
