@@ -256,12 +256,12 @@ def run_download(
 ) -> dict:
     """Run stage 2 for ``cfg`` and return the report written to OUT/report/download.json.
 
-    ``beam_args`` are PipelineOptions flags (DirectRunner by default);
+    ``beam_args`` are PipelineOptions flags (core/runner.py picks the local runner by default);
     ``shards`` limits the job to these shard names (default: all of OUT/metadata).
     ``isolate=False`` downloads in the Beam worker itself instead of a child
     process (for debuggers, and for in-process filesystems such as memory://).
     """
-    from apache_beam.options.pipeline_options import PipelineOptions
+    from zhclip.pipeline.core.runner import make_pipeline
 
     cfg = _absolute_output(cfg)
     _check_fetch_policy(cfg)
@@ -277,11 +277,9 @@ def run_download(
         paths = [p for p, n in zip(paths, all_names, strict=True) if n in set(shards)]
     selected = [shard_name(p) for p in paths]
 
-    beam, _ = _beam_transforms()
-    options = PipelineOptions(list(beam_args or []))
     if paths:
         with ShardProgress(cfg.output, selected, enabled=progress):
-            with beam.Pipeline(options=options) as pipeline:
+            with make_pipeline(beam_args) as pipeline:
                 build_pipeline(pipeline, cfg, paths, retry_failed, isolate)
     _remove_empty_work_dir(cfg.output)
     report = build_report(cfg.output, all_names)

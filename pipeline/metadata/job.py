@@ -29,12 +29,12 @@ import time
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
 from zhclip.filters.rules import RuleSet
 from zhclip.pipeline.core import paths, stage_marker
 from zhclip.pipeline.core import report as R
 from zhclip.pipeline.core.cliargs import add_common_arguments, apply_common_arguments
 from zhclip.pipeline.core.config import Config, config_from_args, config_to_dict
+from zhclip.pipeline.core.runner import make_pipeline
 from zhclip.pipeline.core.spill import remove_spill
 from zhclip.pipeline.core.tags import TAG_COUNTS as COUNTS
 from zhclip.pipeline.core.tags import TAG_SPILLED_REJECTS as SPILLED_REJECTS
@@ -192,10 +192,6 @@ def commit_url_shards(folder: str) -> None:
     stage_marker.mark_committed(folder, rows)
 
 
-def pipeline_options(beam_args: list[str]) -> PipelineOptions:
-    return PipelineOptions(beam_args)
-
-
 def run_metadata(cfg: Config, beam_args: list[str] | None = None) -> dict[str, Any]:
     """Run stage 1 and return the report (also written to OUT/report/metadata.json)."""
     files = plan_inputs(cfg)
@@ -206,7 +202,7 @@ def run_metadata(cfg: Config, beam_args: list[str] | None = None) -> dict[str, A
     clear_outputs(cfg.output)
     started = time.time()
     try:
-        with beam.Pipeline(options=pipeline_options(beam_args or [])) as p:
+        with make_pipeline(beam_args) as p:
             build_pipeline(p, cfg, files)
     finally:
         remove_spill(cfg.output, "metadata")  # a failed run (full disk) leaves no spill behind
