@@ -2,7 +2,10 @@
 
 pyarrow's filesystems cover local disk and GCS natively (and give the parquet
 scanner predicate pushdown); hf:// goes through fsspec's HfFileSystem wrapped
-for pyarrow. Output is written under a temporary name and renamed, so a
+for pyarrow. gs:// honours ``STORAGE_EMULATOR_HOST`` as Google's own clients do
+(google-cloud-storage, gcsfs, Beam's GCSFileSystem): pyarrow's C++ client does
+not read that variable, so without this it asked the real service for OAuth
+credentials while the rest of a run talked to the emulator. Output is written under a temporary name and renamed, so a
 retried Beam bundle never leaves a half file behind.
 """
 
@@ -30,8 +33,30 @@ def _strip_file_scheme(uri: str) -> str:
     return uri[len("file://") :] if uri.startswith("file://") else uri
 
 
+# The variable Google's storage clients read to talk to a local emulator (JSON API).
+EMULATOR_VARIABLE = "STORAGE_EMULATOR_HOST"
+
+
+def gcs_filesystem() -> pafs.FileSystem:
+    """pyarrow's GCS filesystem: the emulator when STORAGE_EMULATOR_HOST is set, else GCS.
+
+    On GCS it finds credentials as Google's other clients do (Application Default
+    Credentials: the metadata server on a Dataflow worker). An emulator needs
+    none, and asking for some is what failed before.
+    """
+    emulator = os.environ.get(EMULATOR_VARIABLE, "")
+    if not emulator:
+        return pafs.GcsFileSystem()
+    scheme, _, host = emulator.rpartition("://")
+    return pafs.GcsFileSystem(
+        anonymous=True, scheme=scheme or "http", endpoint_override=host.rstrip("/")
+    )
+
+
 def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
     """Return the pyarrow filesystem serving ``uri`` and the path inside it."""
+    if uri.startswith(("gs://", "gcs://")):
+        return gcs_filesystem(), uri.split("://", 1)[1]
     if uri.startswith("hf://"):
         from fsspec import filesystem
         from pyarrow.fs import FSSpecHandler, PyFileSystem
@@ -67,6 +92,8 @@ def expand_paths(patterns: Iterable[str]) -> list[str]:
     for pattern in patterns:
         matches = _expand_one(pattern)
         if not matches:
+            if pattern.startswith(("gs://", "gcs://")):
+                check_bucket(pattern)  # a missing bucket says so, not "no input"
             raise FileNotFoundError(f"no input matches {pattern!r} (check the source's paths)")
         out.extend(matches)
     return out
@@ -90,9 +117,13 @@ def _expand_one(pattern: str) -> list[str]:
             break
         base_parts.append(part)
     base = "/".join(base_parts)
+    if fs.get_file_info(base).type != pafs.FileType.Directory:
+        return []  # object stores raise on listing a prefix that holds nothing
     selector = pafs.FileSelector(base, recursive="**" in path or len(base_parts) < len(parts) - 1)
     infos = fs.get_file_info(selector)
-    hits = sorted(i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, path))
+    hits = sorted(
+        i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, path)
+    )
     return [_join(pattern, h) for h in hits]
 
 
@@ -112,8 +143,27 @@ def read_text(uri: str) -> str:
 
 
 def makedirs(uri: str) -> None:
+    """Create a folder; on an object store, check the bucket exists instead of creating it.
+
+    GCS has no folders, and a missing bucket is a setup mistake to report in one
+    line (pyarrow would try to create it and fail on a missing project id).
+    """
     fs, path = filesystem_for(uri)
+    if isinstance(fs, pafs.GcsFileSystem):
+        check_bucket(uri)
+        return
     fs.create_dir(path, recursive=True)
+
+
+def check_bucket(uri: str) -> None:
+    """Raise FileNotFoundError naming the bucket when ``uri``'s bucket does not exist."""
+    fs, path = filesystem_for(uri)
+    bucket = path.split("/", 1)[0]
+    if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+        scheme = uri.split("://", 1)[0]
+        raise FileNotFoundError(
+            f"{uri}: bucket {scheme}://{bucket} does not exist (create it, or fix the path)"
+        )
 
 
 def join(base: str, *names: str) -> str:
@@ -154,8 +204,9 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
         raise
 
 
-def write_parquet_atomic(table: pa.Table | Iterable[pa.Table], uri: str,
-                         schema: pa.Schema | None = None) -> None:
+def write_parquet_atomic(
+    table: pa.Table | Iterable[pa.Table], uri: str, schema: pa.Schema | None = None
+) -> None:
     """Write ``table`` (or tables, one row group each) to ``uri`` under a temporary name, then rename.
 
     Parquet files written by the same pyarrow from the same tables are
@@ -182,8 +233,13 @@ def _write_tables(tables: Iterable[pa.Table], path: str, fs, schema: pa.Schema |
     try:
         for t in tables:
             if writer is None:
-                writer = pq.ParquetWriter(path, schema or t.schema, filesystem=fs, compression="zstd")
-            writer.write_table(t.cast(writer.schema) if schema is not None else t, row_group_size=max(1, t.num_rows))
+                writer = pq.ParquetWriter(
+                    path, schema or t.schema, filesystem=fs, compression="zstd"
+                )
+            writer.write_table(
+                t.cast(writer.schema) if schema is not None else t,
+                row_group_size=max(1, t.num_rows),
+            )
         if writer is None:
             if schema is None:
                 raise ValueError(f"{path}: no tables to write and no schema given")
