@@ -222,11 +222,11 @@ async def _serve(hosts: int, prewarm: bool) -> None:
 
         loop = asyncio.get_running_loop()
         shapes = {(w, max(64, round(w * ah / aw / 16) * 16)) for w in WIDTHS for aw, ah in ASPECTS}
+        keys = sorted(
+            (w, h, cmyk) for w, h in shapes for cmyk in (False, True) if not cmyk or w <= 1024
+        )
         await asyncio.gather(
-            *(
-                loop.run_in_executor(web.pool, web.templates.get, w, h, False)
-                for w, h in sorted(shapes)
-            )
+            *(loop.run_in_executor(web.pool, web.templates.get, *key) for key in keys)
         )
     web.reset()
     ready = {"port": port, "control": f"http://127.0.0.1:{control.sockets[0].getsockname()[1]}"}

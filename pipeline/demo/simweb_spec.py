@@ -34,7 +34,7 @@ LIVE = frozenset({"ok", "redirect", "slow"})
 # Image formats of live URLs and their shares; the rest of an image's look.
 FORMATS: dict[str, float] = {"jpg": 0.85, "png": 0.10, "webp": 0.05}
 PROGRESSIVE_SHARE = 0.08  # of JPEGs
-CMYK_SHARE = 0.03  # of JPEGs
+CMYK_SHARE = 0.04  # of JPEGs up to 1,024 px wide (print scans are rarely larger)
 EXIF_ROTATED_SHARE = 0.05  # of JPEGs: an Orientation tag of 3, 6 or 8
 WIDTHS = (200, 256, 320, 400, 480, 640, 800, 1024, 1280, 1600, 2000)
 WIDTH_WEIGHTS = (4, 6, 8, 10, 12, 16, 14, 12, 8, 6, 4)
@@ -141,7 +141,7 @@ def plan(path: str) -> Plan:
     height = max(64, round(width * ah / aw / 16) * 16)
     jpeg = fmt == "jpg"
     progressive = jpeg and u("prog") < PROGRESSIVE_SHARE
-    cmyk = jpeg and not progressive and u("cmyk") < CMYK_SHARE
+    cmyk = jpeg and not progressive and width <= 1024 and u("cmyk") < CMYK_SHARE
     orientation = (3, 6, 8)[int(u("o") * 3)] if jpeg and u("exif") < EXIF_ROTATED_SHARE else 1
     z = math.sqrt(-2 * math.log(max(u("lat1"), 1e-12))) * math.cos(2 * math.pi * u("lat2"))
     status = {"not_found": 404, "gone": 410}.get(outcome) or (500, 502, 503)[int(u("s") * 3)]
