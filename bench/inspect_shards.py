@@ -8,7 +8,6 @@ manifest), then runs each reader in its own child process, so each peak RSS is
 that reader's alone:
 
 - raw read (baseline): stream every tar member's bytes with tarfile, no checks.
-- shards.verify_dataset: the writer's own check (checksums + sample counts).
 - zhclip verify --no-decode: every check except decoding the images.
 - zhclip verify: everything (the command's default).
 - zhclip verify on the first 10% of the shards: its RSS next to the full run's
@@ -42,6 +41,8 @@ from zhclip.pipeline.core import paths  # noqa: E402
 from zhclip.pipeline.core import schema as S  # noqa: E402
 from zhclip.pipeline.core.memory import peak_rss_mb  # noqa: E402
 from zhclip.pipeline.shards import format as SH  # noqa: E402
+from zhclip.pipeline.shards import manifest as MF  # noqa: E402
+from zhclip.pipeline.shards import writer as SW  # noqa: E402
 
 RSS_TARGET_MB = 300
 CAPTIONS = ["一只猫坐在窗台上晒太阳", "两个孩子在公园里踢足球", "红色的汽车停在路边", "海边的日落非常美丽"]
@@ -70,8 +71,8 @@ def write_folder(folder: Path, shards: int, per_shard: int, image_size: int) -> 
             meta = {S.SOURCE: "wukong", S.URL: f"http://127.0.0.1/{n}.jpg", S.CAPTION_ORIG: None,
                     S.SCORE: 0.3, S.WIDTH: image_size, S.HEIGHT: image_size, S.SHA256: digests[n % 64]}
             samples.append(SH.ShardSample(key, images[n % 64], CAPTIONS[n % 4], meta))
-        infos.append(SH.write_shard(str(folder), SH.SPLIT_TRAIN, s, samples))
-    SH.write_manifest(str(folder), SH.build_manifest(infos, None))
+        infos.append(SW.write_shard(str(folder), SH.SPLIT_TRAIN, s, samples))
+    MF.write_manifest(str(folder), MF.build_manifest(infos, None))
     return shards * per_shard
 
 
@@ -84,7 +85,7 @@ def subset_folder(full: Path, sub: Path, fraction: float) -> int:
         for name in shard["files"]:  # "train/train-000000.tar": keep the split folder
             (sub / name).parent.mkdir(parents=True, exist_ok=True)
             os.symlink(full / name, sub / name)
-    SH.write_manifest(str(sub), SH.build_manifest(keep, None))
+    MF.write_manifest(str(sub), MF.build_manifest(keep, None))
     return sum(s["samples"] for s in keep)
 
 
@@ -101,12 +102,9 @@ def child(mode: str, folder: str) -> dict:
                     tar.extractfile(info).read()
                     samples += info.name.endswith(".json")
         ok = True
-    elif mode == "shards_verify_dataset":
-        ok = not SH.verify_dataset(folder, deep=True)
-        samples = SH.read_manifest(folder)["total_samples"]
     else:
-        from zhclip.pipeline.inspect.verify import verify_folder
         from zhclip.pipeline.shards import reader as src
+        from zhclip.pipeline.shards.verify import verify_folder
 
         result = verify_folder(src.open_folder(folder), decode=mode == "verify")
         ok, samples = result.ok, result.samples
@@ -144,7 +142,7 @@ def main() -> int:
 
         for p in (p for p in full.rglob("*") if p.is_file()):  # page cache warm for every reader alike, not only the later ones
             p.read_bytes()
-        runs = [run_child(m, full) for m in ("raw_read", "shards_verify_dataset", "verify_no_decode", "verify")]
+        runs = [run_child(m, full) for m in ("raw_read", "verify_no_decode", "verify")]
         small = run_child("verify", sub)
         small["mode"] = f"verify ({small['samples']} samples)"
         base = runs[0]["samples"] / runs[0]["seconds"]

@@ -69,6 +69,8 @@ def write_shape_dataset(dataset: Path, n_train: int = 512, n_val: int = 48,
     sample is skipped with a warning.
     """
     from zhclip.pipeline.shards import format as SH
+    from zhclip.pipeline.shards import manifest as MF
+    from zhclip.pipeline.shards import writer as SW
 
     rng = random.Random(seed)
     dataset.mkdir(parents=True, exist_ok=True)
@@ -78,7 +80,7 @@ def write_shape_dataset(dataset: Path, n_train: int = 512, n_val: int = 48,
         # val walks the combinations in order, so 48 val samples hold each caption once
         picks = [combos[i % len(combos)] for i in range(n)] if split == SH.SPLIT_VAL else [
             rng.choice(combos) for _ in range(n)]
-        with SH.ShardWriter(str(dataset), split, samples_per_shard=per_shard) as writer:
+        with SW.ShardWriter(str(dataset), split, samples_per_shard=per_shard) as writer:
             for i, (place, colour, shape) in enumerate(picks):
                 buf = io.BytesIO()
                 draw_sample(place, colour, shape, size, rng).save(buf, format="JPEG", quality=95)
@@ -91,8 +93,8 @@ def write_shape_dataset(dataset: Path, n_train: int = 512, n_val: int = 48,
                         S.SHA256: hashlib.sha256(data).hexdigest()}
                 writer.write(SH.ShardSample(key, data, caption_of(place, colour, shape), meta))
         written += writer.written
-    manifest = SH.build_manifest(written, config=None)
-    SH.write_dataset_files(str(dataset), manifest)
+    manifest = MF.build_manifest(written, config=None)
+    MF.write_dataset_files(str(dataset), manifest)
     return manifest
 
 

@@ -18,6 +18,8 @@ import pyarrow.parquet as pq
 from zhclip.pipeline.core import schema as S
 from zhclip.pipeline.demo.synthetic import ZH_CAPTIONS, make_jpeg
 from zhclip.pipeline.shards import format as SH
+from zhclip.pipeline.shards import manifest as MF
+from zhclip.pipeline.shards import writer as SW
 
 SOURCES = ("laion_zh", "wukong", "coco_zh")
 
@@ -41,11 +43,11 @@ def write_dataset(folder: Path, shards: tuple[tuple[str, int], ...] = (("train",
     for split, n in shards:
         samples = [make_sample(i + j, key_prefix) for j in range(n)]
         i += n
-        infos.append(SH.write_shard(str(folder), split, index[split], samples))
+        infos.append(SW.write_shard(str(folder), split, index[split], samples))
         index[split] += 1
         all_samples.extend(samples)
     if manifest:
-        SH.write_dataset_files(str(folder), SH.build_manifest(infos, {"output": str(folder.parent)}))
+        MF.write_dataset_files(str(folder), MF.build_manifest(infos, {"output": str(folder.parent)}))
     return all_samples
 
 

@@ -266,7 +266,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from zhclip.pipeline.inspect.verify import format_result, verify_folder
+    from zhclip.pipeline.shards.verify import format_result, verify_folder
 
     folder = _open(args)
     result = verify_folder(folder, decode=not args.no_decode, progress=True)

@@ -10,14 +10,14 @@ does not grow with the number of shards.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from zhclip.pipeline.core import schema as S
-from zhclip.pipeline.inspect.duplicates import DuplicateKeyFinder, confirm_duplicates
 from zhclip.pipeline.shards import reader as src
+from zhclip.pipeline.shards.duplicates import DuplicateKeyFinder, confirm_duplicates
+from zhclip.pipeline.shards.reader import expected_samples, iter_shard_columns
 
 CAPTION_BINS = 60  # one bin per character length 0..59, the last also holds longer captions
 SCORE_RANGE = (-0.2, 0.6)
@@ -113,34 +113,6 @@ def score_bin_counts(values: np.ndarray) -> np.ndarray:
     idx = np.clip(idx, 0, SCORE_BINS + 1)
     idx[values == hi] = SCORE_BINS  # the top edge belongs to the last bin
     return np.bincount(idx, minlength=SCORE_BINS + 2)
-
-
-def _shard_columns(folder: src.ShardFolder, shard: src.ShardRef, problems: list[str]
-                   ) -> dict[str, list[Any]]:
-    """META_COLUMNS of one shard: from the sidecar, or from the tar when the sidecar fails."""
-    try:
-        table = src.read_sidecar(shard, folder.kind)
-        return {c: table.column(c).to_pylist() for c in src.META_COLUMNS}
-    except src.InspectError as err:
-        problems.append(f"{err}; read from the tar instead")
-    cols: dict[str, list[Any]] = {c: [] for c in src.META_COLUMNS}
-    for sample in src.iter_samples(folder, problems, [shard]):
-        for c, v in zip(src.META_COLUMNS, (sample.key, sample.source, sample.caption, sample.score,
-                                           sample.width, sample.height), strict=True):
-            cols[c].append(v)
-    return cols
-
-
-def iter_shard_columns(folder: src.ShardFolder, problems: list[str], progress: bool = False
-                       ) -> Iterator[dict[str, list[Any]]]:
-    for shard in src._progress(folder.shards, progress, "shards"):
-        yield _shard_columns(folder, shard, problems)
-
-
-def expected_samples(folder: src.ShardFolder) -> int:
-    if folder.manifest:
-        return int(folder.manifest.get("total_samples") or 0)
-    return 10_000 * max(1, len(folder.shards))
 
 
 def folder_stats(folder: src.ShardFolder, problems: list[str], progress: bool = False) -> FolderStats:

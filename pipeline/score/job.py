@@ -20,14 +20,11 @@ OUT/rejects/score-*.parquet (REJECT_SCHEMA, stage "score"), OUT/report/score.jso
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import math
-import os
 import sys
 import time
-from collections import Counter, defaultdict
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,8 +33,6 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils.shared import Shared
-from tqdm import tqdm
-from zhclip.filters import images as I
 from zhclip.pipeline.core import paths
 from zhclip.pipeline.core import report as R
 from zhclip.pipeline.core import schema as S
@@ -49,14 +44,22 @@ from zhclip.pipeline.core.config import (
     config_from_dict,
     config_to_dict,
 )
-from zhclip.pipeline.core.spill import read_part, remove_spill, spill_folder, write_part
+from zhclip.pipeline.core.spill import remove_spill, spill_folder
 from zhclip.pipeline.core.tags import TAG_COUNTS, TAG_REJECTS
 from zhclip.pipeline.score.backends import build_scorer
+from zhclip.pipeline.score.final_shards import (
+    WriteShard,
+    assign_positions,
+    bucket_of,
+    join_position,
+    sorted_bucket,
+    spill_images,
+)
 from zhclip.pipeline.score.image_dedup import DedupExactImages, DedupNearImages, index_entry
+from zhclip.pipeline.score.preflight import check_model_paths, eval_image_hashes
 from zhclip.pipeline.score.steps import (
     HIST_BINS,
     HIST_RANGE,
-    IMAGE,
     MAX_NOTES,
     STAGE,
     ShardScorer,
@@ -65,6 +68,7 @@ from zhclip.pipeline.score.steps import (
 from zhclip.pipeline.score.thresholds import plan_thresholds
 from zhclip.pipeline.shards import downloads as DL
 from zhclip.pipeline.shards import format as SH
+from zhclip.pipeline.shards import manifest as MF
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +79,6 @@ REJECT_FILE_PREFIX = "score-"
 REJECTS = TAG_REJECTS
 COUNTS = TAG_COUNTS
 HIST = "hist"
-# Final-position buckets: the first hex digits of SH.order_key. Bucket order is
-# global order, so a bucket's rank offset is the size of the buckets before it.
-ORDER_BUCKET_HEX = 3
 
 
 class _ScorerHolder:
@@ -132,90 +133,6 @@ class ScoreShard(beam.DoFn):
         })
 
 
-SPILL_PATH = "spill"
-SPILL_ROW = "spill_row"
-
-
-def spill_images(records: list[dict[str, Any]], folder: str) -> Iterator[dict[str, Any]]:
-    """Move a shard's kept image bytes to one spill file; records keep (path, row).
-
-    The records then cross the key join and the shard grouping without their
-    pixels, which cut the bytes Beam copies through its shuffles to metadata.
-    """
-    if not records:
-        return
-    images = pa.array([r.pop(IMAGE) for r in records], pa.binary())
-    path = write_part(folder, pa.table({IMAGE: images}))
-    for row, rec in enumerate(records):
-        rec[SPILL_PATH], rec[SPILL_ROW] = path, row
-        yield rec
-
-
-def load_images(records: list[dict[str, Any]]) -> list[bytes]:
-    """Image bytes of ``records`` (in order) from their spill files, one read per file."""
-    by_path: dict[str, list[int]] = defaultdict(list)
-    for i, rec in enumerate(records):
-        by_path[rec[SPILL_PATH]].append(i)
-    out: list[bytes] = [b""] * len(records)
-    for path, idx in by_path.items():
-        column = read_part(path).column(IMAGE)
-        for i in idx:
-            out[i] = column[records[i][SPILL_ROW]].as_py()
-    return out
-
-
-def _bucket_of(entry: dict[str, Any]) -> tuple[tuple[str, str], str]:
-    order = SH.order_key(entry[S.KEY])
-    return (entry[S.SPLIT], order[:ORDER_BUCKET_HEX]), entry[S.KEY]
-
-
-def _sorted_bucket(element: tuple[tuple[str, str], list[str]]) -> tuple[tuple[str, str], list[str]]:
-    bucket, keys = element
-    return bucket, sorted(keys, key=lambda k: (SH.order_key(k), k))
-
-
-def _assign_positions(element: tuple[tuple[str, str], list[str]], sizes: dict[tuple[str, str], int],
-                      samples_per_shard: int) -> Iterator[tuple[str, tuple[str, int, int]]]:
-    """(key, (split, shard index, global rank)) for every key of one bucket."""
-    (split, bucket), keys = element
-    offset = sum(n for (sp, b), n in sizes.items() if sp == split and b < bucket)
-    for i, key in enumerate(keys):
-        rank = offset + i
-        yield key, (split, rank // samples_per_shard, rank)
-
-
-def _join_position(element: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
-    _, joined = element
-    positions, records = list(joined["pos"]), list(joined["rec"])
-    # No position: a duplicate-image loser, already rejected by the dedup step.
-    if positions:
-        split, index, rank = positions[0]
-        yield (split, index), (rank, records[0])
-
-
-class WriteShard(beam.DoFn):
-    """All samples of one final shard -> tar + parquet; yields ShardInfo json and kept counts."""
-
-    def __init__(self, folder: str) -> None:
-        self._folder = folder
-
-    def process(self, element: tuple[tuple[str, int], list[tuple[int, dict[str, Any]]]]):
-        (split, index), ranked = element
-        ranked = sorted(ranked, key=lambda x: x[0])
-        records = [rec for _, rec in ranked]
-        samples = []
-        kept: Counter = Counter()
-        for rec, image in zip(records, load_images(records), strict=True):
-            meta = {c: rec.get(c) for c in S.DATASET_COLUMNS}
-            samples.append(SH.ShardSample(rec[S.KEY], image, rec[S.CAPTION], meta))
-            kept[rec[S.SOURCE]] += 1
-        info = SH.write_shard(self._folder, split, index, samples)
-        yield info.to_json()
-        yield beam.pvalue.TaggedOutput(COUNTS, {
-            src: {"rows_in": 0, "kept": n, "reasons": {}} for src, n in kept.items()
-        })
-
-
 def write_reject_file(element: tuple[int, list[dict[str, Any]]], folder: str) -> str:
     index, rows = element
     rows = sorted(rows, key=lambda r: (r[S.KEY] or "", r[S.REASON]))
@@ -248,7 +165,7 @@ def finalize(_: Any, out: str, cfg_dict: dict[str, Any], shard_infos: list[dict[
     """
     plan = plan_thresholds(config_from_dict(cfg_dict))
     dataset = paths.join(out, SH.DATASET_DIR)
-    manifest, stale = SH.finish_dataset(dataset, shard_infos, cfg_dict)
+    manifest, stale = MF.finish_dataset(dataset, shard_infos, cfg_dict)
     for uri in paths.list_files(paths.join(out, REJECTS_DIR), ".parquet"):
         name = uri.rpartition("/")[2]
         if name.startswith(REJECT_FILE_PREFIX) and name not in reject_files:
@@ -310,18 +227,18 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, shards: list[DL.DownloadShard]
 
     buckets = (
         index
-        | "ToBucket" >> beam.Map(_bucket_of)
+        | "ToBucket" >> beam.Map(bucket_of)
         | "GroupBucket" >> beam.GroupByKey()
-        | "SortBucket" >> beam.Map(_sorted_bucket)
+        | "SortBucket" >> beam.Map(sorted_bucket)
     )
     sizes = buckets | "BucketSize" >> beam.Map(lambda kv: (kv[0], len(kv[1])))
     positions = buckets | "Positions" >> beam.FlatMap(
-        _assign_positions, sizes=beam.pvalue.AsDict(sizes), samples_per_shard=sps)
+        assign_positions, sizes=beam.pvalue.AsDict(sizes), samples_per_shard=sps)
     records = kept | "ByKey" >> beam.Map(lambda r: (r[S.KEY], r))
     written = (
         {"pos": positions, "rec": records}
         | "JoinPosition" >> beam.CoGroupByKey()
-        | "ToShard" >> beam.FlatMap(_join_position)
+        | "ToShard" >> beam.FlatMap(join_position)
         | "GroupShard" >> beam.GroupByKey()
         | "WriteShards" >> beam.ParDo(WriteShard(dataset)).with_outputs(COUNTS, main="infos")
     )
@@ -361,59 +278,6 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, shards: list[DL.DownloadShard]
 
 
 # --- driver ------------------------------------------------------------------------------
-
-
-def eval_image_hashes(folder: str | None) -> list[int]:
-    """Perceptual hashes of every image under ``folder`` (decontamination set)."""
-    if not folder:
-        return []
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"score.decontaminate: folder {folder!r} not found")
-    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs)
-    hashes = []
-    for f in tqdm(files, desc="hashing evaluation images", unit="img", disable=None):
-        try:
-            with open(f, "rb") as fh:
-                hashes.append(I.phash64(I.decode_image(fh.read())))
-        except (I.ImageDecodeError, OSError):
-            log.warning("decontaminate: skipping %s (not an image)", f)
-    if not hashes:
-        raise FileNotFoundError(f"score.decontaminate: no readable images under {folder!r}")
-    return hashes
-
-
-# What each model backend imports in its workers' setup.
-BACKEND_MODULES = {"mclip": ("torch", "transformers", "open_clip"), "zhclip": ("torch", "transformers")}
-
-
-def check_model_paths(cfg: Config) -> None:
-    """Fail on the driver, in a second, when a local model path named in the config is absent.
-
-    Loading the model here would cost a second copy of it in memory; workers
-    load it in DoFn.setup.
-    """
-    from zhclip.pipeline.score.backends import available_backends
-
-    sc = cfg.score
-    if sc.backend not in available_backends():
-        raise ConfigError(f"score.backend {sc.backend!r}: available {available_backends()}")
-    if sc.backend == "precomputed":
-        return
-    for module in BACKEND_MODULES.get(sc.backend, ()):
-        # Said here, in one line (the CLI names the pip extra), not as a traceback from every worker.
-        if importlib.util.find_spec(module) is None:
-            raise ModuleNotFoundError(f"No module named '{module}'", name=module)
-    looks_local = sc.model.startswith((".", "/", "~")) or os.path.exists(sc.model)
-    if looks_local and not os.path.exists(os.path.expanduser(sc.model)):
-        raise FileNotFoundError(f"score.model: {sc.model} not found")
-    if sc.backend == "mclip":
-        if sc.image_model.startswith("local-dir:"):
-            folder = sc.image_model[len("local-dir:"):]
-            if not os.path.isdir(folder):
-                raise FileNotFoundError(f"score.image_model: folder {folder} not found")
-        pre = sc.image_pretrained
-        if pre and pre.endswith((".pt", ".pth", ".bin", ".safetensors")) and not os.path.isfile(pre):
-            raise FileNotFoundError(f"score.image_pretrained: {pre} not found")
 
 
 def run_score(cfg: Config, beam_args: list[str] | None = None,

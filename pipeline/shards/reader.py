@@ -341,3 +341,31 @@ def cap_problems(problems: list[str], limit: int = MAX_PROBLEMS_PER_SHARD) -> li
     if len(problems) <= limit:
         return problems
     return [*problems[:limit], f"... and {len(problems) - limit} more problem(s)"]
+
+
+def shard_columns(folder: ShardFolder, shard: ShardRef, problems: list[str]
+                   ) -> dict[str, list[Any]]:
+    """META_COLUMNS of one shard: from the sidecar, or from the tar when the sidecar fails."""
+    try:
+        table = read_sidecar(shard, folder.kind)
+        return {c: table.column(c).to_pylist() for c in META_COLUMNS}
+    except InspectError as err:
+        problems.append(f"{err}; read from the tar instead")
+    cols: dict[str, list[Any]] = {c: [] for c in META_COLUMNS}
+    for sample in iter_samples(folder, problems, [shard]):
+        for c, v in zip(META_COLUMNS, (sample.key, sample.source, sample.caption, sample.score,
+                                           sample.width, sample.height), strict=True):
+            cols[c].append(v)
+    return cols
+
+
+def iter_shard_columns(folder: ShardFolder, problems: list[str], progress: bool = False
+                       ) -> Iterator[dict[str, list[Any]]]:
+    for shard in _progress(folder.shards, progress, "shards"):
+        yield shard_columns(folder, shard, problems)
+
+
+def expected_samples(folder: ShardFolder) -> int:
+    if folder.manifest:
+        return int(folder.manifest.get("total_samples") or 0)
+    return 10_000 * max(1, len(folder.shards))

@@ -12,6 +12,7 @@ from zhclip.pipeline.core import schema as S
 from zhclip.pipeline.demo.run import serve_folder
 from zhclip.pipeline.demo.sample import generate_sample, sample_config
 from zhclip.pipeline.shards import format as SH
+from zhclip.pipeline.shards.verify import verify_dataset
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def test_run_writes_verified_final_shards(run_out):
     assert rc == 0
     manifest = json.loads((out / "dataset" / "manifest.json").read_text())
     assert manifest["shards"] and sum(s["samples"] for s in manifest["shards"]) > 0
-    assert SH.verify_dataset(str(out / "dataset")) == []
+    assert verify_dataset(str(out / "dataset")) == []
     splits = {s["split"] for s in manifest["shards"]}
     assert splits == {"train", "val"}
 

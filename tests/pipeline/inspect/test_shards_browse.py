@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 from zhclip.pipeline.cli import main as zhclip
 from zhclip.pipeline.demo.damage import copy_folder, make_sample, rewrite_tar, write_dataset
-from zhclip.pipeline.shards import format as SH
+from zhclip.pipeline.shards import writer as SW
 
 CHROMIUM = "/usr/bin/chromium"
 APT_INSTALL = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
@@ -71,7 +71,7 @@ def browsed(tmp_path_factory) -> dict:
     samples = write_dataset(base / "dataset")
     odd = make_sample(99)
     odd.caption = "<b>粗体</b> & \"引号\""
-    info = SH.write_shard(str(base / "extra"), "train", 0, [odd])
+    info = SW.write_shard(str(base / "extra"), "train", 0, [odd])
     assert info.samples == 1
     out = base / "sheet"
     rc = zhclip(["shards", "browse", str(base / "dataset"), "--out", str(out), "--per-page", "5"])

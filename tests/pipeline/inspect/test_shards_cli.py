@@ -29,8 +29,9 @@ from zhclip.pipeline.demo.damage import (
     write_dataset,
 )
 from zhclip.pipeline.demo.synthetic import Row, standard_downloads, write_download_shard
-from zhclip.pipeline.inspect import verify as V
-from zhclip.pipeline.shards import format as SH
+from zhclip.pipeline.shards import manifest as MF
+from zhclip.pipeline.shards import verify as V
+from zhclip.pipeline.shards import writer as SW
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -137,9 +138,9 @@ def test_stats_on_downloads_uses_similarity_as_score(built, capsys):
 def test_stats_and_verify_find_duplicate_keys_across_shards(tmp_path, capsys):
     folder = tmp_path / "dataset"
     same = [make_sample(i) for i in range(3)]
-    infos = [SH.write_shard(str(folder), "train", 0, same),
-             SH.write_shard(str(folder), "train", 1, [make_sample(9), same[1]])]
-    SH.write_manifest(str(folder), SH.build_manifest(infos, None))
+    infos = [SW.write_shard(str(folder), "train", 0, same),
+             SW.write_shard(str(folder), "train", 1, [make_sample(9), same[1]])]
+    MF.write_manifest(str(folder), MF.build_manifest(infos, None))
     rc, out, _ = run(capsys, "stats", str(folder), "--json")
     assert rc == 0 and json.loads(out)["duplicate_keys"] == {same[1].key: 2}
     rc, out, _ = run(capsys, "verify", str(folder), "--json")
@@ -278,7 +279,7 @@ DAMAGES = {
     "manifest_missing": (lambda d: (d / "manifest.json").unlink(), {V.MANIFEST_MISSING}, "manifest.json"),
     "manifest_unreadable": (lambda d: (d / "manifest.json").write_text("{not json"), {V.MANIFEST_UNREADABLE},
                             "manifest.json"),
-    "shard_not_in_manifest": (lambda d: SH.write_shard(str(d), "train", 2, [make_sample(50)]),
+    "shard_not_in_manifest": (lambda d: SW.write_shard(str(d), "train", 2, [make_sample(50)]),
                               {V.NOT_IN_MANIFEST}, "train-000002"),
 }
 

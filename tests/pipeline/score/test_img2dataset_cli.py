@@ -23,6 +23,7 @@ from zhclip.pipeline.core import schema as S
 from zhclip.pipeline.demo.run import serve_folder
 from zhclip.pipeline.demo.sample import generate_sample, sample_config
 from zhclip.pipeline.shards import format as SH
+from zhclip.pipeline.shards.verify import verify_dataset
 
 # What README tells a user to pass (key, width and height are img2dataset's own).
 pytestmark = pytest.mark.slow  # a demo run, an img2dataset run and two score runs: ~3 min on 2 cores
@@ -96,7 +97,7 @@ def test_score_on_img2dataset_output_gives_the_same_final_keys(both_downloads):
     assert {"laion_zh", "wukong", "coco_zh", "vg_zh"} <= sources  # no "unknown"
     report = json.loads((i2d_out / "report" / "score.json").read_text())
     assert report["sources"]["laion_zh"]["reasons"].get("low_similarity", 0) > 0  # 0.26 rule ran
-    assert SH.verify_dataset(str(i2d_out / SH.DATASET_DIR)) == []
+    assert verify_dataset(str(i2d_out / SH.DATASET_DIR)) == []
 
 
 def test_score_stops_naming_the_missing_columns(both_downloads, tmp_path, capsys):

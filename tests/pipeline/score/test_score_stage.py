@@ -19,6 +19,7 @@ from zhclip.pipeline.demo.synthetic import Row, make_jpeg, standard_downloads, w
 from zhclip.pipeline.score.job import run_score
 from zhclip.pipeline.score.tiny_mclip import build_tiny_models
 from zhclip.pipeline.shards import format as SH
+from zhclip.pipeline.shards.verify import verify_dataset
 
 DUP = make_jpeg(4242)
 
@@ -102,7 +103,7 @@ def test_every_fault_ends_in_its_reason_and_accounting_holds(precomputed_run):
 def test_shards_follow_the_contract(precomputed_run):
     out, _, _ = precomputed_run
     folder = out / SH.DATASET_DIR
-    assert SH.verify_dataset(str(folder)) == []
+    assert verify_dataset(str(folder)) == []
     manifest = SH.read_manifest(str(folder))
     for split, info in manifest["splits"].items():
         sizes = [s["samples"] for s in manifest["shards"] if s["split"] == split]
@@ -203,7 +204,7 @@ def test_rerun_with_other_sizes_leaves_no_stale_shards(tmp_path):
                                          "shards": {"samples_per_shard": 50, "val_fraction": 0}}), [])
     assert sorted(report["removed_stale_files"]) == [
         f"train/train-{i:06d}.{e}" for i in (1, 2, 3) for e in ("parquet", "tar")]
-    assert SH.verify_dataset(str(tmp_path / SH.DATASET_DIR)) == []
+    assert verify_dataset(str(tmp_path / SH.DATASET_DIR)) == []
 
 
 def test_cli_score_command(tmp_path, capsys):
@@ -253,4 +254,4 @@ def test_scores_what_zhclip_download_writes(tmp_path):
     assert got["laion_zh_3.v3"][S.CAPTION_ORIG] == "test picture 3"
     assert got["laion_zh_3.v3"][S.SCORE] == pytest.approx(0.35)
     assert (got["laion_zh_3.v3"][S.WIDTH], got["laion_zh_3.v3"][S.HEIGHT]) == (32, 32)
-    assert SH.verify_dataset(str(tmp_path / SH.DATASET_DIR)) == []
+    assert verify_dataset(str(tmp_path / SH.DATASET_DIR)) == []

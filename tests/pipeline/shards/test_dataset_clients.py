@@ -23,7 +23,9 @@ from zhclip.pipeline.core import schema as S
 from zhclip.pipeline.demo.synthetic import ZH_CAPTIONS, Row, synthetic_url, write_download_shard
 from zhclip.pipeline.shards import card, loading
 from zhclip.pipeline.shards import format as SH
+from zhclip.pipeline.shards import manifest as MF
 from zhclip.pipeline.shards import reader as RD
+from zhclip.pipeline.shards.verify import verify_dataset
 from zhclip.training.data import list_shards
 
 # --- a final dataset written by the real `zhclip score`, whose first samples hold nulls ---------
@@ -100,7 +102,7 @@ def test_splits_live_in_their_own_folders_with_sizes_json(null_first_dataset):
         assert sum(sizes.values()) == manifest["splits"][split]["samples"]
     names = {n for s in manifest["shards"] for n in s["files"]}
     assert all(re.fullmatch(r"(train|val)/\1-\d{6}\.(tar|parquet)", n) for n in names)
-    assert SH.verify_dataset(str(folder)) == []
+    assert verify_dataset(str(folder)) == []
 
 
 def test_first_samples_hold_nulls(null_first_dataset):
@@ -173,7 +175,7 @@ def flatten_to_first_layout(folder: Path, dst: Path) -> Path:
         for name in shard["files"]:
             shutil.copy(folder / shard["split"] / name, dst / name)
     manifest["format"] = "zhclip-shards/1"
-    (dst / SH.MANIFEST_NAME).write_bytes(SH.manifest_bytes(manifest))
+    (dst / SH.MANIFEST_NAME).write_bytes(MF.manifest_bytes(manifest))
     return dst
 
 
@@ -196,7 +198,7 @@ def test_first_flat_layout_still_reads(null_first_dataset, tmp_path, with_manife
     assert opened.kind == RD.KIND_DATASET and [r.name for r in opened.shards] == want
     assert all(r.tar and r.parquet for r in opened.shards)
     if with_manifest:
-        assert SH.verify_dataset(str(flat)) == []
+        assert verify_dataset(str(flat)) == []
 
 
 def test_split_layout_without_manifest_reads(null_first_dataset, tmp_path):
@@ -215,9 +217,9 @@ def test_rerun_removes_flat_leftovers_of_the_first_layout(null_first_dataset, tm
     shutil.copytree(null_first_dataset, copy)
     (copy / "train-000000.tar").write_bytes(b"left by a first-layout run")
     manifest = SH.read_manifest(str(copy))
-    _, stale = SH.finish_dataset(str(copy), manifest["shards"], manifest["config"])
+    _, stale = MF.finish_dataset(str(copy), manifest["shards"], manifest["config"])
     assert stale == ["train-000000.tar"] and not (copy / "train-000000.tar").exists()
-    assert SH.verify_dataset(str(copy)) == []
+    assert verify_dataset(str(copy)) == []
 
 
 # --- open_clip's own trainer ------------------------------------------------------------------

@@ -15,11 +15,11 @@ import webdataset as wds
 from zhclip.pipeline.core import reasons as RS
 from zhclip.pipeline.core.config import config_from_dict
 from zhclip.pipeline.demo.synthetic import Row, make_jpeg, write_download_shard
-from zhclip.pipeline.inspect.verify import DUPLICATE_KEY, verify_folder
 from zhclip.pipeline.score.job import run_score
 from zhclip.pipeline.shards import format as SH
 from zhclip.pipeline.shards.format import group_tar_members
 from zhclip.pipeline.shards.reader import open_folder
+from zhclip.pipeline.shards.verify import DUPLICATE_KEY, verify_folder
 
 
 def _downloads(folder: Path) -> None:

@@ -14,6 +14,9 @@ from zhclip.pipeline.core import schema as S
 from zhclip.pipeline.demo.synthetic import Row, make_jpeg, write_download_shard
 from zhclip.pipeline.shards import downloads as DL
 from zhclip.pipeline.shards import format as SH
+from zhclip.pipeline.shards import manifest as MF
+from zhclip.pipeline.shards import writer as SW
+from zhclip.pipeline.shards.verify import verify_dataset
 
 
 def _samples(n: int, prefix: str = "wukong_") -> list[SH.ShardSample]:
@@ -32,7 +35,7 @@ def _tree_bytes(folder: Path) -> dict[str, bytes]:
 
 
 def test_shard_writer_layout_roundtrip(tmp_path):
-    with SH.ShardWriter(str(tmp_path), "train", samples_per_shard=4) as w:
+    with SW.ShardWriter(str(tmp_path), "train", samples_per_shard=4) as w:
         for s in _samples(10):
             w.write(s)
     infos = w.written
@@ -58,7 +61,7 @@ def test_shard_writer_layout_roundtrip(tmp_path):
 
 def test_same_samples_give_identical_bytes(tmp_path):
     for name in ("a", "b"):
-        SH.write_shard(str(tmp_path / name), "train", 0, _samples(5))
+        SW.write_shard(str(tmp_path / name), "train", 0, _samples(5))
     assert _tree_bytes(tmp_path / "a" / "train") == _tree_bytes(tmp_path / "b" / "train")
     # No temporary file is left behind.
     assert not [p for p in (tmp_path / "a" / "train").iterdir() if p.name.startswith(".tmp")]
@@ -69,7 +72,7 @@ def test_keys_with_dots_and_slashes_survive_webdataset(tmp_path):
 
     sample = _samples(1)[0]
     sample.key = "mine_a.b/c%d"
-    SH.write_shard(str(tmp_path), "val", 0, [sample])
+    SW.write_shard(str(tmp_path), "val", 0, [sample])
     got = list(wds.WebDataset(str(tmp_path / "val" / "val-000000.tar"), shardshuffle=False))
     assert len(got) == 1 and set(got[0]) >= {"jpg", "txt", "json"}
     assert json.loads(got[0]["json"])[S.KEY] == "mine_a.b/c%d"
@@ -77,15 +80,15 @@ def test_keys_with_dots_and_slashes_survive_webdataset(tmp_path):
 
 
 def test_manifest_checksums_verify_and_catch_damage(tmp_path):
-    infos = [SH.write_shard(str(tmp_path), "train", i, _samples(3, f"k{i}_")) for i in range(2)]
-    SH.write_manifest(str(tmp_path), SH.build_manifest(infos, {"output": "x"}))
+    infos = [SW.write_shard(str(tmp_path), "train", i, _samples(3, f"k{i}_")) for i in range(2)]
+    MF.write_manifest(str(tmp_path), MF.build_manifest(infos, {"output": "x"}))
     manifest = SH.read_manifest(str(tmp_path))
     assert manifest["total_samples"] == 6 and manifest["splits"]["train"]["shards"] == 2
     for shard in manifest["shards"]:
         for name, meta in shard["files"].items():
             assert hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() == meta["sha256"]
     assert manifest["versions"]["pyarrow"]
-    assert SH.verify_dataset(str(tmp_path)) == []
+    assert verify_dataset(str(tmp_path)) == []
 
     tar = tmp_path / "train" / "train-000001.tar"
     data = bytearray(tar.read_bytes())
@@ -94,10 +97,10 @@ def test_manifest_checksums_verify_and_catch_damage(tmp_path):
     (tmp_path / "val").mkdir()
     (tmp_path / "val" / "val-000009.parquet").write_bytes(b"stray")
     (tmp_path / "train-000007.tar").write_bytes(b"stray, flat")
-    problems = SH.verify_dataset(str(tmp_path))
-    assert any("train/train-000001.tar: checksum mismatch" in p for p in problems)
-    assert any("val/val-000009.parquet: not in the manifest" in p for p in problems)
-    assert any("train-000007.tar: not in the manifest" in p for p in problems)
+    problems = verify_dataset(str(tmp_path))
+    assert any(p.startswith("checksum_mismatch: train-000001.tar") for p in problems)
+    assert any(p.startswith("not_in_manifest: val-000009") for p in problems)
+    assert any(p.startswith("not_in_manifest: train-000007") for p in problems)
 
 
 def test_split_for_key_is_stable_and_near_the_fraction():

@@ -1,4 +1,7 @@
-"""`zhclip shards verify`: every way a shard folder can be damaged, found and named.
+"""The one shard verifier: every way a shard folder can be damaged, found and named.
+
+`zhclip shards verify` prints its result; :func:`verify_dataset` is the same check as a list
+of problem lines, for a writer's self-check and for tests.
 
 Each tar is read once: the bytes pass through a sha256 on their way into the
 tar parser, so the manifest checksum costs no second read. Per sample, the
@@ -23,10 +26,10 @@ from typing import Any
 
 from zhclip.filters.images import ImageDecodeError, decode_image
 from zhclip.pipeline.core import schema as S
-from zhclip.pipeline.inspect.duplicates import DuplicateKeyFinder, confirm_duplicates
-from zhclip.pipeline.inspect.stats import expected_samples, iter_shard_columns
 from zhclip.pipeline.shards import format as SH
 from zhclip.pipeline.shards import reader as src
+from zhclip.pipeline.shards import writer as SW
+from zhclip.pipeline.shards.duplicates import DuplicateKeyFinder, confirm_duplicates
 
 # Problem kinds.
 MANIFEST_MISSING = "manifest_missing"
@@ -221,7 +224,7 @@ def _read_sidecar_for_verify(shard: src.ShardRef, kind: str, report: _ShardProbl
     return table
 
 
-def _check_manifest_file(folder: src.ShardFolder, name: str, got: SH.FileInfo | None,
+def _check_manifest_file(folder: src.ShardFolder, name: str, got: SW.FileInfo | None,
                          report: _ShardProblems) -> None:
     entry = src.manifest_entry(folder, name.rpartition(".")[0])
     if folder.manifest is None or entry is None:
@@ -241,7 +244,7 @@ def verify_shard(folder: src.ShardFolder, shard: src.ShardRef, result: VerifyRes
                  dups: DuplicateKeyFinder, decode: bool = True) -> None:
     report = _ShardProblems(result)
     tar_samples: list[_TarSample] = []
-    tar_info: SH.FileInfo | None = None
+    tar_info: SW.FileInfo | None = None
     if shard.tar is None:
         kind = FILE_MISSING if src.manifest_entry(folder, shard.name) else TAR_MISSING
         report.add(kind, f"{shard.name}.tar", "tar absent")
@@ -263,13 +266,13 @@ def verify_shard(folder: src.ShardFolder, shard: src.ShardRef, result: VerifyRes
                         report.add(TAR_DAMAGED, f"{shard.name}.tar",
                                    f"truncated after {len(tar_samples)} complete samples ({end})")
                 reader.drain()
-            tar_info = SH.FileInfo(f"{shard.name}.tar", reader.sha.hexdigest(), reader.size)
+            tar_info = SW.FileInfo(f"{shard.name}.tar", reader.sha.hexdigest(), reader.size)
             result.bytes_read += reader.size
         except OSError as err:
             report.add(TAR_DAMAGED, f"{shard.name}.tar", f"unreadable ({err})")
     if folder.kind == src.KIND_DATASET:
         _check_manifest_file(folder, f"{shard.name}.tar", tar_info, report)
-        pq_info = SH.file_sha256(shard.parquet) if shard.parquet else None
+        pq_info = SW.file_sha256(shard.parquet) if shard.parquet else None
         _check_manifest_file(folder, f"{shard.name}.parquet", pq_info, report)
     seen: Counter[str] = Counter(ts.stem for ts in tar_samples)
     for stem, n in seen.items():
@@ -305,12 +308,12 @@ def verify_folder(folder: src.ShardFolder, decode: bool = True, progress: bool =
             for shard in folder.shards:
                 if src.manifest_entry(folder, shard.name) is None:
                     top.add(NOT_IN_MANIFEST, shard.name, "shard files on disk that the manifest does not list")
-    dups = DuplicateKeyFinder(expected_samples(folder))
+    dups = DuplicateKeyFinder(src.expected_samples(folder))
     for shard in src._progress(folder.shards, progress, "shards"):
         verify_shard(folder, shard, result, dups, decode)
     if dups.candidates:
         ignored: list[str] = []
-        all_keys = (str(k) for cols in iter_shard_columns(folder, ignored) for k in cols[S.KEY])
+        all_keys = (str(k) for cols in src.iter_shard_columns(folder, ignored) for k in cols[S.KEY])
         per_shard_reported = {p.where.rpartition("/")[2] for p in result.problems if p.kind == DUPLICATE_KEY}
         for key, n in confirm_duplicates(dups.candidates, all_keys).items():
             if SH.member_stem(key) not in per_shard_reported:
@@ -329,3 +332,13 @@ def format_result(result: VerifyResult) -> str:
              + ", ".join(f"{k}={n}" for k, n in sorted(result.counts.items()))]
     lines += [f"  {p}" for p in result.problems]
     return "\n".join(lines)
+
+
+def verify_dataset(folder: str, decode: bool = True) -> list[str]:
+    """Problems found in a final dataset folder, one line each; empty means it is sound.
+
+    The same check `zhclip shards verify` runs (checksums against the manifest, members,
+    captions, json, images, sidecars, counts, duplicate keys), as plain lines.
+    """
+    result = verify_folder(src.open_folder(folder), decode=decode)
+    return [str(p) for p in result.problems]  # every counted problem is listed or summarised
