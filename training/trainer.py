@@ -2,13 +2,13 @@
 
 Reading order: :class:`Trainer.run` walks the stages; :meth:`_enter_stage`
 sets one up (lock or unlock, DDP wrap, fresh optimizer and schedule, data
-stream at the stage's batch size); :meth:`_step` is one optimizer step;
+stream at the stage's batch size); :meth:`_step` is one optimizer step
+(:class:`zhclip.training.step.StepRunner`, shared with fine-tuning);
 :meth:`_after_step` logs, evaluates (and decides a plateau switch) and saves.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -22,10 +22,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
-from zhclip.pipeline.core.memory import peak_rss_mb
 from zhclip.training import checkpoint as ckpt
-from zhclip.training.benchmarks import BenchmarkError, read_retrieval
-from zhclip.training.config import StageConfig, TrainConfig, fill_stage_defaults
+from zhclip.training.config import TrainConfig, fill_stage_defaults
 from zhclip.training.convert import read_init_weights
 from zhclip.training.data import (
     DataPosition,
@@ -44,17 +42,20 @@ from zhclip.training.loss import ContrastiveLoss
 from zhclip.training.metrics_log import MetricsLog
 from zhclip.training.model import ChineseCLIP, build_model, load_weights, resolve_towers
 from zhclip.training.optim import make_optimizer, make_scheduler
+from zhclip.training.run_setup import (
+    memory_mb,
+    open_eval_benchmark,
+    per_rank_batch,
+    pick_memory_format,
+)
 from zhclip.training.runtime import Runtime, broadcast_from_main
+from zhclip.training.step import StepPolicy, StepRunner, TrainingError
 from zhclip.training.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
 
 BEST_STAGE1 = "best_stage1.pt"  # the stage-1 weights with the best evaluation, under output
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (non-finite loss, bad batch split); the message says why."""
 
 
 @dataclass
@@ -68,22 +69,6 @@ class TrainState:
     evals_without_gain: int = 0
     skipped_steps: int = 0
     switched_at: int | None = None  # global step at which stage 2 began
-
-
-def _per_rank_batch(stage: StageConfig, world: int, accum: int, index: int) -> int:
-    batch = int(stage.batch_size or 0)
-    if batch % (world * accum):
-        raise TrainingError(
-            f"train.stage{index}.batch_size {batch} must be divisible by ranks x accum_steps "
-            f"= {world} x {accum}"
-        )
-    return batch // world
-
-
-def _memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return peak_rss_mb()
 
 
 class Trainer:
@@ -100,7 +85,7 @@ class Trainer:
                        2: fill_stage_defaults(cfg.stage2, 2, image_cfg.model)}
         for i, st in self.stages.items():
             if st.steps:
-                _per_rank_batch(st, runtime.world_size, cfg.accum_steps, i)
+                per_rank_batch(st, runtime.world_size, cfg.accum_steps, i)
 
         self.model: ChineseCLIP = build_model(cfg)
         self.tokenizer = load_tokenizer(cfg.tokenizer or resolve_towers(cfg)[1].model,
@@ -122,7 +107,7 @@ class Trainer:
         self.model.to(runtime.device)
         if cfg.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
-        self.memory_format = self._memory_format(cfg)
+        self.memory_format = pick_memory_format(self.model, self.rt.device, cfg.channels_last)
         if self.memory_format is torch.channels_last:
             self.model.image.to(memory_format=torch.channels_last)
 
@@ -143,7 +128,7 @@ class Trainer:
             if cfg.eval_data is None:
                 log.warning("no validation split (%s): evaluation and plateau switching are off", err)
             self.val_shards = []
-        self.benchmark = self._open_benchmark(cfg)
+        self.benchmark = open_eval_benchmark(cfg)
         saved_pos = None
         if self.resume_state is not None:
             ranks = self.resume_state.get("data_position", [])
@@ -166,28 +151,6 @@ class Trainer:
 
     # ---- stages -----------------------------------------------------------------
 
-    @staticmethod
-    def _open_benchmark(cfg: TrainConfig):
-        """The configured retrieval benchmark, read now: a wrong path fails before step 1."""
-        if cfg.eval_data is None:
-            return None
-        try:
-            bench = read_retrieval(cfg.eval_data, cfg.eval_format, cfg.eval_split)
-        except (BenchmarkError, OSError) as err:
-            raise TrainingError(f"train.eval_data: {err}") from None
-        log.info("evaluation watches %s (%s, %d images, %d captions), not the val shards",
-                 cfg.eval_data, bench.format, len(bench.image_ids), len(bench.texts))
-        return bench
-
-    def _memory_format(self, cfg: TrainConfig) -> torch.memory_format:
-        """channels_last for conv towers on CUDA (cuDNN's fast NHWC kernels); a ViT has one
-        conv, its patch embedding, and gains nothing, so ``None`` leaves ViTs as they are."""
-        wanted = cfg.channels_last
-        if wanted is None:
-            convs = sum(isinstance(m, torch.nn.Conv2d) for m in self.model.image.modules())
-            wanted = self.rt.device.type == "cuda" and convs > 1
-        return torch.channels_last if wanted else torch.preserve_format
-
     def _enter_stage(self, index: int) -> None:
         stage = self.stages[index]
         if index == 1:
@@ -205,7 +168,12 @@ class Trainer:
             self.ddp = torch.compile(self.ddp)
         self.optimizer = make_optimizer(self.model, stage)
         self.scheduler = make_scheduler(self.optimizer, stage)
-        self.batch_size = _per_rank_batch(stage, self.rt.world_size, self.cfg.accum_steps, index)
+        cfg = self.cfg
+        self.stepper = StepRunner(
+            self.model, self.ddp, self.optimizer, self.scheduler, self.scaler, self.loss_fn, self.rt,
+            StepPolicy(cfg.accum_steps, cfg.grad_clip, cfg.nan_policy, cfg.max_skipped_steps),
+            self.memory_format)
+        self.batch_size = per_rank_batch(stage, self.rt.world_size, self.cfg.accum_steps, index)
         spec = StreamSpec(
             shards=self.train_shards, batch_size=self.batch_size, seed=self.cfg.seed,
             rank=self.rt.rank, world_size=self.rt.world_size, workers=self.cfg.data.workers,
@@ -323,88 +291,8 @@ class Trainer:
     # ---- one step ---------------------------------------------------------------
 
     def _step(self, batch: dict[str, Any]) -> float | None:
-        """One optimizer step; returns the loss, or None when a non-finite loss was skipped."""
-        dev = self.rt.device
-        images = batch["images"].to(dev, non_blocking=True, memory_format=self.memory_format)
-        ids = batch["input_ids"].to(dev, non_blocking=True)
-        mask = batch["attention_mask"].to(dev, non_blocking=True)
-        accum = self.cfg.accum_steps
-        self.optimizer.zero_grad(set_to_none=True)
-        if accum == 1:
-            with self.rt.autocast():
-                img, txt, scale = self.ddp(images, ids, mask)
-                loss = self.loss_fn(img, txt, scale)
-            if not self._finite(loss):
-                return self._skip(loss)
-            self.scaler.scale(loss).backward()
-        else:
-            loss = self._accumulated_backward(images, ids, mask, accum)
-            if loss is None:
-                return self._skip(torch.tensor(float("nan")))
-        self.lr_used = self.optimizer.param_groups[0]["lr"]
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        if self.cfg.grad_clip:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(trainable, self.cfg.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        self.model.clamp_logit_scale()
-        return float(loss.detach())
-
-    def _accumulated_backward(self, images, ids, mask, accum: int) -> torch.Tensor | None:
-        """Gradient accumulation that keeps the whole batch as negatives.
-
-        A no-grad pass embeds every micro-batch; then each micro-batch is
-        re-embedded with grad and contrasted against the cached rest, so the
-        summed gradients equal those of one pass over the full batch (up to
-        dropout noise). The temperature gets its gradient once, on the last pass.
-        """
-        chunks = list(zip(images.chunk(accum), ids.chunk(accum), mask.chunk(accum), strict=True))
-        with torch.no_grad(), self.rt.autocast():
-            cached = [self.model(*c) for c in chunks]
-        cached_img = [c[0] for c in cached]
-        cached_txt = [c[1] for c in cached]
-        first_loss = None
-        for j, chunk in enumerate(chunks):
-            last = j == accum - 1
-            sync = contextlib.nullcontext() if last or not self.rt.distributed else self.ddp.no_sync()
-            with sync:
-                with self.rt.autocast():
-                    img, txt, scale = self.ddp(*chunk)
-                    if not last:
-                        scale = scale.detach()
-                    all_img = torch.cat(cached_img[:j] + [img] + cached_img[j + 1:])
-                    all_txt = torch.cat(cached_txt[:j] + [txt] + cached_txt[j + 1:])
-                    loss = self.loss_fn(all_img, all_txt, scale)
-                if first_loss is None:
-                    if not self._finite(loss):
-                        return None
-                    first_loss = loss.detach()
-                self.scaler.scale(loss).backward()
-        return first_loss
-
-    def _finite(self, loss: torch.Tensor) -> bool:
-        ok = torch.tensor(1.0 if torch.isfinite(loss).item() else 0.0, device=self.rt.device)
-        if self.rt.distributed:
-            dist.all_reduce(ok, op=dist.ReduceOp.MIN)  # every rank takes the same decision
-        return bool(ok.item())
-
-    def _skip(self, loss: torch.Tensor) -> None:
-        where = (f"step {self.state.step + 1} (stage {self.state.stage}, lr "
-                 f"{self.scheduler.get_last_lr()[0]:.3g}, logit scale "
-                 f"{self.model.logit_scale.exp().item():.3g}): loss is {loss.item()}")
-        if self.cfg.nan_policy == "stop":
-            raise TrainingError(
-                f"non-finite loss at {where}. Lower the stage's lr, use precision bf16/fp32 "
-                "instead of fp16, set train.grad_clip, or set train.nan_policy: skip"
-            )
-        self.state.skipped_steps += 1
-        self.optimizer.zero_grad(set_to_none=True)
-        log.warning("skipping %s (%d skipped)", where, self.state.skipped_steps)
-        if self.state.skipped_steps > self.cfg.max_skipped_steps:
-            raise TrainingError(f"more than {self.cfg.max_skipped_steps} non-finite losses; last at {where}")
-        return None
+        """One optimizer step (see :mod:`zhclip.training.step`); None when it was skipped."""
+        return self.stepper.step(batch, self.state)
 
     # ---- bookkeeping --------------------------------------------------------------
 
@@ -414,10 +302,10 @@ class Trainer:
         if st.step % cfg.log_every == 0 or st.stage_step == self.stages[index].steps:
             row = {
                 "step": st.step, "stage": index, "loss": round(loss, 6),
-                "lr": self.lr_used,
+                "lr": self.stepper.lr_used,
                 "logit_scale": round(self.model.logit_scale.exp().item(), 4),
                 "samples_per_s": round(self.batch_size * self.rt.world_size / max(elapsed, 1e-9), 2),
-                "memory_mb": round(_memory_mb(self.rt.device), 1),
+                "memory_mb": round(memory_mb(self.rt.device), 1),
                 "skipped_steps": st.skipped_steps,
             }
             self.metrics.log_train(row)

@@ -193,7 +193,7 @@ def test_accumulation_keeps_full_batch_gradients(world, tmp_path):
     batch = next(t.batches)
     args = (batch["images"], batch["input_ids"], batch["attention_mask"])
     t.optimizer.zero_grad()
-    loss_acc = t._accumulated_backward(*args, accum=4)
+    loss_acc = t.stepper.accumulated_backward(*args, accum=4)
     acc = {n: p.grad.clone() for n, p in t.model.named_parameters()}
     t.optimizer.zero_grad()
     loss = t.loss_fn(*t.model(*args))
