@@ -69,13 +69,18 @@ def stats_rows(folder: Path) -> int:
     return total
 
 
-def shard_stats(folder: Path) -> dict:
+def folder_stats(folder: Path) -> dict:
     stats = [json.loads(p.read_text()) for p in folder.glob("*_stats.json")]
     return {
         "rows": sum(s["count"] for s in stats),
         "successes": sum(s["successes"] for s in stats),
         "shard_seconds": sum(s["duration"] for s in stats),
         "longest_shard_s": max((s["duration"] for s in stats), default=0.0),
+        # zhclip counts its name lookups; urllib (plain img2dataset) resolves per connection.
+        "dns_lookups": sum(
+            s.get("zhclip", {}).get("fetch", {}).get("dns_lookups", 0) for s in stats
+        )
+        or None,
         "shards": len(stats),
     }
 
@@ -244,7 +249,7 @@ def main() -> int:
                     progress=lambda: stats_rows(out / "downloads"),
                 )
                 w.run()
-                st = shard_stats(out / "downloads")
+                st = folder_stats(out / "downloads")
             else:
                 dest = root / "i2d"
                 w = Watched(
@@ -252,7 +257,7 @@ def main() -> int:
                     progress=lambda: stats_rows(root / "i2d"),
                 )
                 w.run()
-                st = shard_stats(dest)
+                st = folder_stats(dest)
             server = web.stats()
             result[f"stage2_{name}"] = {
                 "rc": w.rc,
@@ -263,6 +268,9 @@ def main() -> int:
                 **w.memory(),
                 **w.quarters(args.urls),
                 "connections_per_url": round(server["connections"] / args.urls, 3),
+                "dns_lookups_per_url": round(
+                    (st["dns_lookups"] or server["connections"]) / args.urls, 4
+                ),
                 "requests_per_url": round(server["requests"] / args.urls, 3),
                 "server_cpu_s": round(server["server_cpu_s"], 1),
             }

@@ -37,6 +37,7 @@ from zhclip.pipeline.download.deadline import (  # noqa: F401 - re-exported name
     read_capped,
 )
 from zhclip.pipeline.download.guard import (  # noqa: F401 - re-exported names
+    HostAnswers,
     PrivateAddressError,
     build_opener,
     guarded_create_connection,
@@ -96,8 +97,13 @@ def _fetch(
 
 
 def make_fetch_function(policy: FetchPolicy) -> FetchFunction:
-    """A drop-in for ``img2dataset.downloader.download_image`` that obeys ``policy``."""
-    opener = build_opener(policy)
+    """A drop-in for ``img2dataset.downloader.download_image`` that obeys ``policy``.
+
+    Its threads share one :class:`guard.HostAnswers` (``.answers``): each host is
+    resolved once for the shard, every address still checked per connection.
+    """
+    answers = HostAnswers()
+    opener = build_opener(policy, answers)
 
     def download_image(row, timeout, user_agent_token, disallowed_header_directives) -> FetchResult:
         key, url = row
@@ -118,6 +124,7 @@ def make_fetch_function(policy: FetchPolicy) -> FetchFunction:
                 return key, None, deadline_message(seconds)
             return key, None, f"{type(err).__name__}: {err}"
 
+    download_image.answers = answers
     return download_image
 
 
@@ -128,8 +135,9 @@ _installed: dict = {"policy": None, "count": 0, "original": None}
 
 
 @contextmanager
-def guarded_fetch_installed(policy: FetchPolicy) -> Iterator[None]:
-    """While inside, img2dataset's Downloader fetches through ``policy``.
+def guarded_fetch_installed(policy: FetchPolicy) -> Iterator[HostAnswers | None]:
+    """While inside, img2dataset's Downloader fetches through ``policy``; yields the
+    installed function's name table (for its lookup and connection counts).
 
     img2dataset looks its fetch function up as a module global on every call,
     so the swap is process-wide. Shards of one job share the policy and may
@@ -149,8 +157,9 @@ def guarded_fetch_installed(policy: FetchPolicy) -> Iterator[None]:
             _installed["policy"] = policy
             i2d_downloader.download_image = make_fetch_function(policy)
         _installed["count"] += 1
+        answers = getattr(i2d_downloader.download_image, "answers", None)
     try:
-        yield
+        yield answers
     finally:
         with _install:
             _installed["count"] -= 1

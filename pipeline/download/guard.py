@@ -13,6 +13,8 @@ from __future__ import annotations
 import functools
 import http.client
 import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -34,17 +36,66 @@ def resolve(host, port, family=0, type=0, proto=0, flags=0):  # noqa: A002 - soc
     return socket.getaddrinfo(host, port, family, type, proto, flags)
 
 
-def guarded_create_connection(policy: FetchPolicy) -> Callable[..., socket.socket]:
+class HostAnswers:
+    """Name answers shared by one shard's fetches: each host is resolved once, not per URL.
+
+    A shard names the same hosts over and over (and every redirect opens a new
+    connection); asking the resolver each time multiplies DNS load by the URLs per
+    host. Only the lookup is shared: the guard still checks every address of an
+    answer against the SSRF rules on every connection, and connects to the
+    address it checked. Failed lookups are remembered too (a dead domain with a
+    thousand URLs is asked once). Entries expire after ``max_age`` seconds, and
+    the table is emptied when it reaches ``max_entries``, so it stays small
+    however many hosts a long run meets.
+    """
+
+    def __init__(self, max_entries: int = 4096, max_age: float = 300.0):
+        self.max_entries, self.max_age = max_entries, max_age
+        self._lock = threading.Lock()
+        self._answers: dict[tuple[str, int], tuple[float, list | OSError]] = {}
+        self.lookups = 0  # questions sent to the resolver
+        self.connections = 0  # connections the guard was asked to open
+
+    def addresses(self, host: str, port: int) -> list:
+        """``resolve(host, port, 0, SOCK_STREAM)``, from the table when it is fresh there."""
+        now = time.monotonic()
+        with self._lock:
+            self.connections += 1
+            found = self._answers.get((host, port))
+        if found is None or now - found[0] > self.max_age:
+            try:
+                answer: list | OSError = resolve(host, port, 0, socket.SOCK_STREAM)
+            except OSError as err:
+                answer = err
+            with self._lock:
+                self.lookups += 1
+                if len(self._answers) >= self.max_entries:
+                    self._answers.clear()
+                self._answers[(host, port)] = (now, answer)
+        else:
+            answer = found[1]
+        if isinstance(answer, OSError):
+            raise answer
+        return answer
+
+
+def guarded_create_connection(
+    policy: FetchPolicy, answers: HostAnswers | None = None
+) -> Callable[..., socket.socket]:
     """A ``socket.create_connection`` replacement that enforces ``policy``.
 
     Inside an image's deadline (see :func:`make_fetch_function`) the connect
     timeout is cut to the time left, and the socket is handed to the watchdog.
+    With ``answers``, names are resolved through that shared table.
     """
 
     def create(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None, **_):
         host, port = address
         timeout, deadline = timeout_within_deadline(timeout)
-        infos = resolve(host, port, 0, socket.SOCK_STREAM)
+        if answers is not None:
+            infos = answers.addresses(host, port)
+        else:
+            infos = resolve(host, port, 0, socket.SOCK_STREAM)
         blocked: list[str] = []
         last_error: OSError | None = None
         for family, socktype, proto, _canon, sockaddr in infos:
@@ -80,37 +131,35 @@ def guarded_create_connection(policy: FetchPolicy) -> Callable[..., socket.socke
 
 
 class _GuardedHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, *args, policy: FetchPolicy, **kwargs):
+    def __init__(self, *args, policy: FetchPolicy, answers: HostAnswers | None, **kwargs):
         super().__init__(*args, **kwargs)
-        self._create_connection = guarded_create_connection(policy)
+        self._create_connection = guarded_create_connection(policy, answers)
 
 
 class _GuardedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args, policy: FetchPolicy, **kwargs):
+    def __init__(self, *args, policy: FetchPolicy, answers: HostAnswers | None, **kwargs):
         super().__init__(*args, **kwargs)
-        self._create_connection = guarded_create_connection(policy)
+        self._create_connection = guarded_create_connection(policy, answers)
 
 
 class _GuardedHTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, policy: FetchPolicy):
+    def __init__(self, policy: FetchPolicy, answers: HostAnswers | None):
         super().__init__()
-        self._policy = policy
+        self._connection = functools.partial(_GuardedHTTPConnection, policy=policy, answers=answers)
 
     def http_open(self, req):
-        return self.do_open(functools.partial(_GuardedHTTPConnection, policy=self._policy), req)
+        return self.do_open(self._connection, req)
 
 
 class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, policy: FetchPolicy):
+    def __init__(self, policy: FetchPolicy, answers: HostAnswers | None):
         super().__init__()
-        self._policy = policy
+        self._connection = functools.partial(
+            _GuardedHTTPSConnection, policy=policy, answers=answers
+        )
 
     def https_open(self, req):
-        return self.do_open(
-            functools.partial(_GuardedHTTPSConnection, policy=self._policy),
-            req,
-            context=self._context,
-        )
+        return self.do_open(self._connection, req, context=self._context)
 
 
 class _SchemeCheckingRedirectHandler(urllib.request.HTTPRedirectHandler):
@@ -129,7 +178,9 @@ class _SchemeCheckingRedirectHandler(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-def build_opener(policy: FetchPolicy) -> urllib.request.OpenerDirector:
+def build_opener(
+    policy: FetchPolicy, answers: HostAnswers | None = None
+) -> urllib.request.OpenerDirector:
     """An opener with only the handlers the policy allows, and no proxy.
 
     Proxies are left out on purpose: through a proxy the guard would check the
@@ -138,8 +189,8 @@ def build_opener(policy: FetchPolicy) -> urllib.request.OpenerDirector:
     opener = urllib.request.OpenerDirector()
     handlers: list = [
         urllib.request.UnknownHandler(),
-        _GuardedHTTPHandler(policy),
-        _GuardedHTTPSHandler(policy),
+        _GuardedHTTPHandler(policy, answers),
+        _GuardedHTTPSHandler(policy, answers),
         urllib.request.HTTPDefaultErrorHandler(),
         _SchemeCheckingRedirectHandler(policy),
         urllib.request.HTTPErrorProcessor(),

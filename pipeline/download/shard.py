@@ -163,17 +163,30 @@ def _work_folder(output: str, shard: str) -> str:
     return tempfile.mkdtemp(prefix=f"zhclip-{shard}-")
 
 
-def run_img2dataset(table: pa.Table, dcfg, policy: FetchPolicy, work: str) -> tuple[str, pa.Table]:
-    """Download ``table``'s rows with img2dataset into ``work``; (tar path, parquet table)."""
+def run_img2dataset(
+    table: pa.Table, dcfg, policy: FetchPolicy, work: str
+) -> tuple[str, pa.Table, dict[str, int]]:
+    """Download ``table``'s rows with img2dataset into ``work``.
+
+    Returns (tar path, parquet table, fetch counts): the name lookups and
+    connections the guarded fetch made for these rows (exact when the shard has
+    its process to itself, the default; shards overlapping in one process share
+    the counters).
+    """
     sub = os.path.join(work, f"run-{uuid.uuid4().hex[:8]}")
     os.makedirs(sub)
     input_path = os.path.join(sub, "input.feather")
     write_img2dataset_input(table, input_path)
     downloader = build_downloader(dcfg, sub, table.num_rows)
-    with guarded_fetch_installed(policy):
+    with guarded_fetch_installed(policy) as answers:
+        before = (answers.lookups, answers.connections) if answers else (0, 0)
         downloader.download_shard((WORK_SHARD_ID, input_path))
-    return os.path.join(sub, f"{WORK_NAME}.tar"), pq.read_table(
-        os.path.join(sub, f"{WORK_NAME}.parquet")
+        after = (answers.lookups, answers.connections) if answers else (0, 0)
+    counts = {"dns_lookups": after[0] - before[0], "connections": after[1] - before[1]}
+    return (
+        os.path.join(sub, f"{WORK_NAME}.tar"),
+        pq.read_table(os.path.join(sub, f"{WORK_NAME}.parquet")),
+        counts,
     )
 
 
@@ -265,7 +278,7 @@ def download_shard(metadata_path: str, cfg, retry_failed: bool = False) -> dict:
     work = _work_folder(cfg.output, shard)
     started = time.time()
     try:
-        new_tar, new_table = run_img2dataset(rows, dcfg, policy, work)
+        new_tar, new_table, fetch_counts = run_img2dataset(rows, dcfg, policy, work)
         if kept is not None:
             table = _unify([kept, new_table])
             tar = os.path.join(work, "merged.tar")
@@ -273,7 +286,7 @@ def download_shard(metadata_path: str, cfg, retry_failed: bool = False) -> dict:
         else:
             table, tar = new_table, new_tar
         duration = earlier_duration + (time.time() - started)
-        stats = shard_stats(shard, table, shard_input, started, duration, runs)
+        stats = shard_stats(shard, table, shard_input, started, duration, runs, fetch_counts)
         rejects = download_rejects(table, shard_input.rejects)
         publish(files, work, tar, table, rejects, stats)
     finally:

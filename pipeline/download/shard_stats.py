@@ -29,7 +29,12 @@ def reject_reason(error_class: str) -> str:
 
 
 def download_rejects(table: pa.Table, before: pa.Table) -> pa.Table:
-    """Reject rows for every non-success row of a shard's parquet, after ``before``."""
+    """Reject rows for every non-success row of a shard's parquet, with ``before``, sorted.
+
+    img2dataset writes rows in completion order, which threads make differ from
+    run to run; sorting by key and reason makes the rejects file the same bytes
+    on every run and every runner.
+    """
     failed = table.filter(pc.not_equal(table.column(STATUS), STATUS_SUCCESS))
     rows = RS.reject_table(
         failed.column(S.KEY).to_pylist(),
@@ -39,7 +44,8 @@ def download_rejects(table: pa.Table, before: pa.Table) -> pa.Table:
         [reject_reason(c or "other") for c in failed.column(ERROR_CLASS).to_pylist()],
         STAGE,
     )
-    return pa.concat_tables([before, rows])
+    both = pa.concat_tables([before, rows])
+    return both.sort_by([(S.KEY, "ascending"), (S.REASON, "ascending")])
 
 
 def shard_stats(
@@ -49,6 +55,7 @@ def shard_stats(
     started: float,
     duration: float,
     downloads_run: int,
+    fetch_counts: dict[str, int] | None = None,
 ) -> dict:
     """img2dataset's stats fields for the shard, plus zhclip's breakdown and accounting."""
     statuses = table.column(STATUS).to_pylist()
@@ -108,5 +115,7 @@ def shard_stats(
             "per_source": {k: dict(v) for k, v in sorted(per_source.items())},
             "accounting_ok": accounted == shard_input.input_rows,
             "download_runs": downloads_run,
+            # Name lookups and connections of the last run (resolver and network load).
+            "fetch": dict(fetch_counts or {}),
         },
     }

@@ -161,3 +161,62 @@ def test_responses_over_the_size_cap_are_refused(server):
     assert stream is None and classify_error(err) == RESPONSE_TOO_LARGE
     stream, err = fetch(FetchPolicy(allow_networks=LOOPBACK), server.image_url("big", "jpg", 300, 300))
     assert err is None and len(stream.getvalue()) > 200
+
+
+# --- one lookup per host per shard, every address still checked ----------------------
+
+
+def test_a_host_is_resolved_once_per_shard_and_checked_on_every_connection(server, monkeypatch):
+    import socket
+
+    from zhclip.pipeline.download import guard
+
+    asked: list[str] = []
+    blocked_name = "metadata.test"
+
+    def resolve(host, port, *rest):
+        asked.append(host)
+        if host == blocked_name:  # a name that answers with the cloud metadata address
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("169.254.169.254", port))]
+        if host == "nowhere.test":
+            raise socket.gaierror(socket.EAI_NONAME, "no such host")
+        return socket.getaddrinfo("127.0.0.1", port, *rest)
+
+    monkeypatch.setattr(guard, "resolve", resolve)
+    fetch_fn = make_fetch_function(FetchPolicy(allow_networks=LOOPBACK))
+    port = server.port
+    for i in range(4):
+        _, stream, err = fetch_fn((i, f"http://images.test:{port}/img/h{i}.jpg"), 2.0, "z", set())
+        assert err is None and stream is not None, err
+    for i in range(3):  # the cached answer is refused each time, never connected to
+        _, stream, err = fetch_fn((i, f"http://{blocked_name}:{port}/a{i}.jpg"), 2.0, "z", set())
+        assert stream is None and classify_error(err) == PRIVATE_ADDRESS, err
+    for i in range(2):  # a failed lookup is remembered too
+        _, stream, err = fetch_fn((i, f"http://nowhere.test:{port}/a{i}.jpg"), 2.0, "z", set())
+        assert stream is None and err
+    assert sorted(asked) == sorted(["images.test", blocked_name, "nowhere.test"])
+    assert fetch_fn.answers.lookups == 3 and fetch_fn.answers.connections == 9
+
+
+def test_the_answer_table_stays_bounded_and_expires(monkeypatch):
+    import socket
+
+    from zhclip.pipeline.download import guard
+
+    calls: list[str] = []
+
+    def resolve(host, port, *rest):
+        calls.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    monkeypatch.setattr(guard, "resolve", resolve)
+    answers = guard.HostAnswers(max_entries=3, max_age=60.0)
+    for i in range(10):
+        answers.addresses(f"h{i}.test", 80)
+    assert len(answers._answers) <= 3 and answers.lookups == 10
+    answers.addresses("h9.test", 80)
+    assert answers.lookups == 10  # fresh: from the table
+    expired = guard.HostAnswers(max_age=0.0)
+    expired.addresses("a.test", 80)
+    expired.addresses("a.test", 80)
+    assert expired.lookups == 2
