@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("zhclip.training.cli", "two-stage Chinese CLIP pretraining on OUT/dataset"),
     "eval": ("zhclip.training.eval_cli", "recall on a retrieval benchmark, or zero-shot classification"),
     "export": ("zhclip.training.export_cli", "convert a zhclip export to Chinese-CLIP or transformers"),
+    "finetune": ("zhclip.training.finetune_cli", "fine-tune a model on a retrieval benchmark (recipes)"),
 }
 
 # The pip extra each command needs beyond the base install (stages 1 and 2 need none).
@@ -40,6 +41,7 @@ COMMAND_EXTRAS: dict[str, str] = {
     "train": "train",
     "export": "train",
     "eval": "train",
+    "finetune": "train",
 }
 
 # Commands whose parser does not take --config/--set (they read shard folders or an export).

@@ -125,6 +125,8 @@ class TrainConfig(_Strict):
     log_every: int = Field(10, ge=1)
     tensorboard: bool = False
     seed: int = 0
+    # `zhclip finetune`'s recipe overrides (training.recipes.Recipe validates them)
+    finetune: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _towers_known(self) -> TrainConfig:

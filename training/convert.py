@@ -129,20 +129,26 @@ def refuse_if(problems: list[str], fmt: str) -> None:
 # ---- cn_clip -----------------------------------------------------------------
 
 
+def cn_clip_name(key: str) -> str:
+    """The name cn_clip's CLIP gives zhclip's weight ``key`` (no ``module.`` prefix)."""
+    if key == "text.proj.weight":
+        return "text_projection"
+    if key.startswith("text.bert."):
+        return "bert." + key[len("text.bert."):]
+    if key.startswith("image."):
+        return "visual." + key[len("image."):]
+    if key == "logit_scale":
+        return key
+    raise KeyError(f"no cn_clip name for weight {key!r}")
+
+
 def to_cn_clip_state_dict(state: Mapping[str, torch.Tensor]) -> Tensors:
     """zhclip names -> cn_clip's CLIP names (no ``module.`` prefix)."""
     out: Tensors = {}
     for key, value in state.items():
         if key == "text.proj.weight":
-            out["text_projection"] = value.t().contiguous()  # Linear [E, H] -> Parameter [H, E]
-        elif key.startswith("text.bert."):
-            out["bert." + key[len("text.bert."):]] = value
-        elif key.startswith("image."):
-            out["visual." + key[len("image."):]] = value
-        elif key == "logit_scale":
-            out[key] = value
-        else:
-            raise KeyError(f"no cn_clip name for weight {key!r}")
+            value = value.t().contiguous()  # Linear [E, H] -> Parameter [H, E]
+        out[cn_clip_name(key)] = value
     return out
 
 
