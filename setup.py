@@ -42,8 +42,8 @@ TRAIN = TORCH_STACK + ["open_clip_torch==3.3.0", "tensorboard"]
 SAFETY = ["nudenet>=3.4", "onnxruntime>=1.17"]
 # `zhclip export --format onnx` and `zhclip eval` on an ONNX folder.
 ONNX = ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.17"]
-# `zhclip search` over the corpus embeddings.
-SEARCH = ["faiss-cpu>=1.8"]
+# `zhclip search` over the corpus embeddings: faiss, and the stage-3 scorer for the query.
+SEARCH = SCORE + ["faiss-cpu>=1.8"]
 DEV = [
     "pytest>=8",
     "pytest-timeout",

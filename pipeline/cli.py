@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("zhclip.pipeline.run", "stages 1 -> 3 in one command"),
     "demo": ("zhclip.pipeline.demo.run", "the whole pipeline on a generated sample, on loopback"),
     "shards": ("zhclip.pipeline.inspect.cli", "inspect shard folders (ls, stats, head, verify, ...)"),
+    "search": ("zhclip.pipeline.inspect.search", "nearest pairs of the corpus to a caption or an image (OUT/embeddings)"),
     "train": ("zhclip.training.cli", "two-stage Chinese CLIP pretraining on OUT/dataset"),
     "eval": ("zhclip.training.eval_cli", "recall on a retrieval benchmark, or zero-shot classification"),
     "export": ("zhclip.training.export_cli", "convert a zhclip export to Chinese-CLIP or transformers"),
@@ -37,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 COMMAND_EXTRAS: dict[str, str] = {
     "score": "score",
     "run": "score",
+    "search": "search",
     "demo": "dev",
     "train": "train",
     "export": "train",
@@ -45,7 +47,7 @@ COMMAND_EXTRAS: dict[str, str] = {
 }
 
 # Commands whose parser does not take --config/--set (they read shard folders or an export).
-NO_CONFIG = {"shards", "export", "eval"}
+NO_CONFIG = {"shards", "search", "export", "eval"}
 
 
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:

@@ -242,6 +242,8 @@ class ScoreConfig(_Strict):
     """Largest Hamming distance between the phashes of near-duplicate images (0: exact 64-bit match; k > 0 groups through k+1 bands)."""
     decode_workers: int | None = Field(None, ge=0)
     """Processes that decode + CLIP-preprocess the next batch while the model runs; null: auto (CPU cores minus torch threads), 0: in one thread, as before."""
+    save_embeddings: bool = False
+    """Keep the L2-normalised image and text embeddings scoring computes: OUT/embeddings/{img_emb,text_emb,metadata}/, one file each per final shard in clip-retrieval's layout (autofaiss reads it as-is; `zhclip search` answers from it). Needs a model backend, not precomputed."""
 
 
 class ShardsConfig(_Strict):

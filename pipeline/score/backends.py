@@ -158,18 +158,51 @@ class EmbeddingPairScorer:
         text: list[Any] | None = None,
     ) -> np.ndarray:
         """``text``: :meth:`prepare_text` of these captions, computed ahead (optional)."""
+        return self.score_and_embed(images, captions, text=text)[0]
+
+    def score_and_embed(
+        self,
+        images: Sequence[Any],
+        captions: Sequence[str],
+        text: list[Any] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(cosine per pair, L2-normalised float32 image and text embeddings): what
+        :meth:`score` computes anyway, for stage 3 to keep (``score.save_embeddings``)."""
         if len(images) != len(captions):
             raise ValueError(f"{len(images)} images but {len(captions)} captions")
         out = np.empty(len(captions), dtype=np.float64)
+        image_parts, text_parts = [], []
         for n, start in enumerate(range(0, len(captions), self.batch_size)):
             stop = start + self.batch_size
             tokens = text[n] if text is not None else None
-            out[start:stop] = self._score_batch(images[start:stop], list(captions[start:stop]),
-                                                tokens)
-        return out
+            out[start:stop], image_emb, text_emb = self._score_batch(
+                images[start:stop], list(captions[start:stop]), tokens)
+            image_parts.append(image_emb)
+            text_parts.append(text_emb)
+        return out, _stack(image_parts), _stack(text_parts)
 
-    def _score_batch(self, images: Sequence[Any], captions: list[str],
-                     tokens: Any = None) -> np.ndarray:
+    def embed_images(self, images: Sequence[Any]) -> np.ndarray:
+        """L2-normalised float32 image embeddings (a search query, ``zhclip search --image``)."""
+        parts = [self._image_embeddings(images[i: i + self.batch_size]).cpu().numpy()
+                 for i in range(0, len(images), self.batch_size)]
+        return _stack(parts)
+
+    def embed_texts(self, captions: Sequence[str]) -> np.ndarray:
+        """L2-normalised float32 text embeddings (a search query, ``zhclip search --text``)."""
+        parts = [self._text_embeddings(list(captions[i: i + self.batch_size])).cpu().numpy()
+                 for i in range(0, len(captions), self.batch_size)]
+        return _stack(parts)
+
+    def _autocast(self):
+        import torch
+
+        return (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if self.device.startswith("cuda")
+            else torch.autocast("cpu", enabled=False)
+        )
+
+    def _image_embeddings(self, images: Sequence[Any]) -> Any:
         import torch
         import torch.nn.functional as F
 
@@ -185,22 +218,33 @@ class EmbeddingPairScorer:
             mean = torch.tensor(self.mean, device=pixels.device).view(1, -1, 1, 1)
             std = torch.tensor(self.std, device=pixels.device).view(1, -1, 1, 1)
             pixels = (pixels.float() / 255.0 - mean) / std
-        autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16)
-            if self.device.startswith("cuda")
-            else torch.autocast("cpu", enabled=False)
-        )
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), self._autocast():
             image_emb = self.image_encoder(pixels)
+        return F.normalize(image_emb.float(), dim=-1)
+
+    def _text_embeddings(self, captions: list[str], tokens: Any = None) -> Any:
+        import torch
+        import torch.nn.functional as F
+
+        with torch.inference_mode(), self._autocast():
             if self.text_tokenizer is None:
                 text_emb = self.text_encoder(captions)
             else:
                 text_emb = self.text_encoder(tokens if tokens is not None
                                              else self.text_tokenizer(captions))
-        image_emb = F.normalize(image_emb.float(), dim=-1)
-        text_emb = F.normalize(text_emb.float(), dim=-1)
+        return F.normalize(text_emb.float(), dim=-1)
+
+    def _score_batch(self, images: Sequence[Any], captions: list[str],
+                     tokens: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        image_emb = self._image_embeddings(images)
+        text_emb = self._text_embeddings(captions, tokens)
         cosine = (image_emb * text_emb).sum(dim=-1).clamp(-1.0, 1.0)
-        return cosine.cpu().numpy().astype(np.float64)
+        return (cosine.cpu().numpy().astype(np.float64), image_emb.cpu().numpy(),
+                text_emb.cpu().numpy())
+
+
+def _stack(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
 
 
 @register_backend("mclip")

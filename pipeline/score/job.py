@@ -46,8 +46,10 @@ from zhclip.pipeline.core.config import (
 )
 from zhclip.pipeline.core.spill import remove_spill, spill_folder
 from zhclip.pipeline.core.tags import TAG_COUNTS, TAG_REJECTS
+from zhclip.pipeline.score import embeddings as E
 from zhclip.pipeline.score.backends import build_scorer
 from zhclip.pipeline.score.final_shards import (
+    TAG_EMBEDDINGS,
     WriteShard,
     assign_positions,
     bucket_of,
@@ -157,7 +159,7 @@ def _merge_hist(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 def finalize(_: Any, out: str, cfg_dict: dict[str, Any], shard_infos: list[dict[str, Any]],
              counts: list[R.Counts], hists: list[dict[str, Any]], reject_files: list[str],
-             extra: dict[str, Any]) -> dict[str, Any]:
+             extra: dict[str, Any], embeddings: list[dict[str, Any]] = ()) -> dict[str, Any]:
     """Write manifest.json, remove an earlier run's leftovers, write report/score.json.
 
     The report's ``warnings`` list says what the run could not do as configured
@@ -165,7 +167,10 @@ def finalize(_: Any, out: str, cfg_dict: dict[str, Any], shard_infos: list[dict[
     """
     plan = plan_thresholds(config_from_dict(cfg_dict))
     dataset = paths.join(out, SH.DATASET_DIR)
-    manifest, stale = MF.finish_dataset(dataset, shard_infos, cfg_dict)
+    kept_embeddings = E.finish_embeddings(paths.join(out, E.EMBEDDINGS_DIR), embeddings)
+    manifest, stale = MF.finish_dataset(
+        dataset, shard_infos, cfg_dict,
+        extra={"embeddings": kept_embeddings} if kept_embeddings else None)
     for uri in paths.list_files(paths.join(out, REJECTS_DIR), ".parquet"):
         name = uri.rpartition("/")[2]
         if name.startswith(REJECT_FILE_PREFIX) and name not in reject_files:
@@ -198,6 +203,7 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, shards: list[DL.DownloadShard]
     out = cfg.output
     cfg_dict = config_to_dict(cfg)
     dataset = paths.join(out, SH.DATASET_DIR)
+    embeddings = paths.join(out, E.EMBEDDINGS_DIR) if cfg.score.save_embeddings else None
     sps = cfg.shards.samples_per_shard
     n_reject_files = max(1, math.ceil(len(shards) / 64))
 
@@ -240,7 +246,9 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, shards: list[DL.DownloadShard]
         | "JoinPosition" >> beam.CoGroupByKey()
         | "ToShard" >> beam.FlatMap(join_position)
         | "GroupShard" >> beam.GroupByKey()
-        | "WriteShards" >> beam.ParDo(WriteShard(dataset)).with_outputs(COUNTS, main="infos")
+        | "WriteShards" >> beam.ParDo(
+            WriteShard(dataset, embeddings, sps), sizes=beam.pvalue.AsDict(sizes)).with_outputs(
+                COUNTS, TAG_EMBEDDINGS, main="infos")
     )
     count_parts.append(written[COUNTS])
 
@@ -260,6 +268,7 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, shards: list[DL.DownloadShard]
         "dedup_images": cfg.score.dedup_images,
         "near_duplicates": cfg.score.near_duplicates,
         "near_duplicate_distance": cfg.score.near_duplicate_distance,
+        "save_embeddings": cfg.score.save_embeddings,
         "decontaminate": cfg.score.decontaminate,
         "eval_images": len(eval_hashes),
         "download_shards": len(shards),
@@ -273,7 +282,8 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, shards: list[DL.DownloadShard]
             counts=beam.pvalue.AsList(counts),
             hists=beam.pvalue.AsList(scored[HIST]),
             reject_files=beam.pvalue.AsList(reject_files),
-            extra=extra)
+            extra=extra,
+            embeddings=beam.pvalue.AsList(written[TAG_EMBEDDINGS]))
     )
 
 
@@ -287,6 +297,7 @@ def run_score(cfg: Config, beam_args: list[str] | None = None,
     Also written to OUT/report/score.json. The model is checked on the driver
     first so that a wrong path fails in seconds, not inside every worker.
     """
+    E.check_config(cfg.score)
     folder = downloads or paths.join(cfg.output, SH.DOWNLOADS_DIR)
     shards = DL.list_download_shards(folder)
     if not shards:

@@ -30,6 +30,7 @@ from zhclip.filters import images as I
 from zhclip.pipeline.core import reasons as RS
 from zhclip.pipeline.core import schema as S
 from zhclip.pipeline.shards import downloads as DL
+from zhclip.pipeline.score import embeddings as E
 from zhclip.pipeline.shards import format as SH
 
 STAGE = "score"
@@ -280,6 +281,11 @@ class ShardScorer:
         return device_decode_wanted(str(getattr(self.scorer, "device", "cpu")))
 
     def _picklable_preprocess(self) -> Callable[[Any], Any] | None | bool:
+        # Kept records carry their float16 embeddings (embeddings.py writes them per shard).
+        self.save_embeddings = bool(getattr(score_cfg, "save_embeddings", False))
+        if self.save_embeddings and not hasattr(scorer, "score_and_embed"):
+            raise ValueError(f"score.save_embeddings: the {scorer.name!r} scorer computes no "
+                             "embeddings; set score.save_embeddings=false")
         """The preprocess function worker processes get; ``False`` when there is none to send."""
         if not self.scorer.needs_images:
             return None
@@ -405,14 +411,18 @@ class ShardScorer:
         extra = {}
         if text is not None and text[0] == captions:  # tokens made ahead match what is scored
             extra["text"] = text[1]
-        values = self.scorer.score(
-            images,
-            captions,
-            similarity=[p.sample.similarity for p in ok],
-            **extra,
-        )
+        embedded = None
+        if self.save_embeddings:
+            values, *embedded = self.scorer.score_and_embed(images, captions, **extra)
+        else:
+            values = self.scorer.score(
+                images,
+                captions,
+                similarity=[p.sample.similarity for p in ok],
+                **extra,
+            )
         self.pairs_scored += len(ok)
-        for p, value in zip(ok, values, strict=True):
+        for j, (p, value) in enumerate(zip(ok, values, strict=True)):
             score = None if math.isnan(value) else round(float(value), SCORE_DECIMALS)
             if score is not None:
                 result.scores[p.sample.source].append(score)
@@ -420,4 +430,7 @@ class ShardScorer:
             if reason is not None:
                 result.reject(p.sample, reason)
             else:
-                result.kept.append(kept_record(p, score, self.val_fraction))
+                record = kept_record(p, score, self.val_fraction)
+                if embedded is not None:
+                    record.update(E.record_fields(embedded[0][j], embedded[1][j]))
+                result.kept.append(record)

@@ -89,12 +89,16 @@ def write_dataset_files(folder: str, manifest: dict[str, Any]) -> None:
 
 
 def finish_dataset(folder: str, shards: Iterable[ShardInfo | dict[str, Any]],
-                   config: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[str]]:
+                   config: dict[str, Any] | None = None,
+                   extra: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[str]]:
     """Manifest of ``shards``; stale shard files removed; sizes, card and manifest written.
+
+    ``extra``: more top-level manifest entries, e.g. stage 3's ``embeddings`` (its files,
+    sha256 and sizes, relative to the output folder).
 
     Returns (manifest, names of the removed stale files).
     """
-    manifest = build_manifest(shards, config)
+    manifest = build_manifest(shards, config, extra)
     keep = {name for s in manifest["shards"] for name in s["files"]}
     stale = remove_stale_shards(folder, keep)
     write_dataset_files(folder, manifest)
