@@ -29,8 +29,8 @@ from zhclip.filters import image_rules
 from zhclip.filters import images as I
 from zhclip.pipeline.core import reasons as RS
 from zhclip.pipeline.core import schema as S
-from zhclip.pipeline.shards import downloads as DL
 from zhclip.pipeline.score import embeddings as E
+from zhclip.pipeline.shards import downloads as DL
 from zhclip.pipeline.shards import format as SH
 
 STAGE = "score"
@@ -270,6 +270,11 @@ class ShardScorer:
         self._procs: ProcessPoolExecutor | None = None
         self.device_decode = self._want_device_decode(device_decode)
         self.pairs_scored = 0
+        # Kept records carry their float16 embeddings (embeddings.py writes them per shard).
+        self.save_embeddings = bool(getattr(score_cfg, "save_embeddings", False))
+        if self.save_embeddings and not hasattr(scorer, "score_and_embed"):
+            raise ValueError(f"score.save_embeddings: the {scorer.name!r} scorer computes no "
+                             "embeddings; set score.save_embeddings=false")
 
     def _want_device_decode(self, asked: bool | None) -> bool:
         if self.want_phash or not self.scorer.needs_images or not hasattr(self.scorer, "pixel_function"):
@@ -281,11 +286,6 @@ class ShardScorer:
         return device_decode_wanted(str(getattr(self.scorer, "device", "cpu")))
 
     def _picklable_preprocess(self) -> Callable[[Any], Any] | None | bool:
-        # Kept records carry their float16 embeddings (embeddings.py writes them per shard).
-        self.save_embeddings = bool(getattr(score_cfg, "save_embeddings", False))
-        if self.save_embeddings and not hasattr(scorer, "score_and_embed"):
-            raise ValueError(f"score.save_embeddings: the {scorer.name!r} scorer computes no "
-                             "embeddings; set score.save_embeddings=false")
         """The preprocess function worker processes get; ``False`` when there is none to send."""
         if not self.scorer.needs_images:
             return None
