@@ -11,6 +11,14 @@ through its provision info), which honours ``--direct_num_workers`` and
 ``DirectRunner``, ``PortableRunner``, ``DataflowRunner``, ...) is passed to Beam
 as given.
 
+With ``--environment_type`` (e.g. ``EXTERNAL --environment_config
+127.0.0.1:PORT``, a ``worker_pool_main`` pool), the same local runner drives
+``--direct_num_workers`` SDK-harness workers in that environment: the DoFns go
+to them pickled over the Fn API, as on Dataflow. Beam's own ``PortableRunner
+--job_endpoint=embed`` starts one worker per job whatever the flags say (its job
+service skips the step that reads the worker count), so this is the offline
+way to run several workers at once.
+
 Beam is imported inside the functions: training/ reads the ground floor and must
 not pull Beam in.
 """
@@ -44,17 +52,24 @@ def runner_given(options: PipelineOptions) -> bool:
 def local_runner(options: PipelineOptions) -> beam.runners.PipelineRunner:
     """The FnApiRunner, with the options in its provision info as the direct runner does.
 
-    Workers started in ``multi_processing`` mode read their options from there.
+    Workers (``multi_processing`` mode, or an ``--environment_type``'s) read
+    their options from there.
     """
+    from apache_beam.options.pipeline_options import PortableOptions
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.fn_api_runner import fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
+    from apache_beam.transforms import environments
 
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
     info = fn_runner.ExtendedProvisionInfo(
         beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
     )
-    return fn_runner.FnApiRunner(provision_info=info)
+    portable = options.view_as(PortableOptions)
+    environment = (
+        environments.Environment.from_options(portable) if portable.environment_type else None
+    )
+    return fn_runner.FnApiRunner(default_environment=environment, provision_info=info)
 
 
 def make_pipeline(beam_args: list[str] | None) -> beam.Pipeline:

@@ -9,6 +9,7 @@ commands, Beam workers) inherit the variables.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import socket
@@ -93,3 +94,54 @@ def gcs_bucket(gcs_emulator) -> str:
     name = f"zhclip-{uuid.uuid4().hex[:10]}"
     storage.Client(project="zhclip-test").create_bucket(name)
     return name
+
+
+def start_worker_pool(cwd: Path, home: Path, log: Path) -> tuple[subprocess.Popen, int]:
+    """Beam's SDK worker pool (the harness Dataflow runs in its containers), on loopback.
+
+    It runs from ``cwd`` with ``HOME`` set to ``home``, neither of them the
+    driver's, with the project's interpreter first on PATH (the pool starts its
+    workers with whatever `python` PATH finds).
+    """
+    port = free_port()
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["HOME"] = str(home)
+    home.mkdir(parents=True, exist_ok=True)
+    cwd.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "apache_beam.runners.worker.worker_pool_main",
+                f"--service_port={port}",
+            ],
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    wait_for_port(port, proc, "Beam worker pool")
+    return proc, port
+
+
+@dataclasses.dataclass
+class WorkerPool:
+    port: int
+    log: Path
+
+    def workers_started(self) -> int:
+        """How many SDK workers the pool has started (it logs one line per worker)."""
+        return self.log.read_text(errors="replace").count("Starting worker with command")
+
+
+@pytest.fixture
+def worker_pool(tmp_path_factory) -> Iterator[WorkerPool]:
+    """A running worker pool, in its own folder and HOME; stopped after the test."""
+    root = tmp_path_factory.mktemp("pool")
+    proc, port = start_worker_pool(root / "cwd", root / "home", root / "pool.log")
+    try:
+        yield WorkerPool(port, root / "pool.log")
+    finally:
+        stop(proc)

@@ -50,18 +50,22 @@ def write_config(data: dict, path: Path) -> Path:
     return path
 
 
-def dataset_bytes(root: str) -> dict[str, bytes]:
-    """Every tar, parquet and sizes.json under root/dataset, by relative path."""
-    fs, inner = paths.filesystem_for(paths.join(root, "dataset"))
+def gs_file_bytes(root: str) -> dict[str, bytes]:
+    """Every file under ``root`` (local or gs://), by path relative to it."""
+    fs, inner = paths.filesystem_for(root)
     infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
     out = {}
     for info in infos:
-        if info.type == pafs.FileType.File and info.path.endswith(
-            (".tar", ".parquet", "sizes.json")
-        ):
+        if info.type == pafs.FileType.File:
             with fs.open_input_stream(info.path) as f:
                 out[info.path[len(inner) + 1 :]] = f.read()
     return out
+
+
+def dataset_bytes(root: str) -> dict[str, bytes]:
+    """Every tar, parquet and sizes.json under root/dataset, by relative path."""
+    files = gs_file_bytes(paths.join(root, "dataset"))
+    return {k: v for k, v in files.items() if k.endswith((".tar", ".parquet", "sizes.json"))}
 
 
 @pytest.mark.slow
