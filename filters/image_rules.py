@@ -13,8 +13,11 @@ import math
 from collections.abc import Mapping
 
 import numpy as np
+from PIL import Image
+from zhclip.filters import near_duplicates as ND
 from zhclip.filters.images import min_hamming
 from zhclip.pipeline.core.reasons import (
+    REASON_BLANK_IMAGE,
     REASON_DECODE_ERROR,
     REASON_LOW_SIMILARITY,
     REASON_TEST_OVERLAP,
@@ -27,6 +30,13 @@ _KEY_SEP = "\x1f"
 def decode_reason(error: str | None) -> str | None:
     """``decode_error`` when the image could not be decoded."""
     return REASON_DECODE_ERROR if error is not None else None
+
+
+def blank_reason(image: Image.Image) -> str | None:
+    """``blank_image`` for a flat or near-flat picture (a placeholder, a solid
+    colour): its perceptual hash is noise, so it is neither grouped with other
+    flat pictures as a near-duplicate nor compared with evaluation images."""
+    return REASON_BLANK_IMAGE if ND.is_blank(image) else None
 
 
 def overlap_reason(phash: int | None, eval_index: np.ndarray, max_distance: int) -> str | None:
@@ -92,17 +102,19 @@ def hamming(a: int, b: int) -> int:
     return (a ^ b).bit_count()
 
 
-def near_duplicate_losers(entries: list[tuple[str, int]], max_distance: int) -> list[str]:
-    """Keys of ``(key, phash)`` entries that have a smaller-key entry within ``max_distance``.
+def near_duplicate_losers(entries: list[tuple], max_distance: int) -> list[str]:
+    """Keys of ``(key, phash[, colour])`` entries that have a smaller-key
+    near-duplicate: hashes within ``max_distance`` bits and, when both carry a
+    colour signature, the same coarse colours (:func:`~zhclip.filters.near_duplicates.is_near_duplicate`).
 
     The same rule as sha256 dedup (smallest key survives), applied to each pair
     of candidates; it needs no transitive closure, so one pass over the band
     groups decides. In a chain a~b~c with a and c apart, b and c both lose.
     """
-    ordered = sorted(entries)
+    ordered = sorted((e[0], e[1], e[2] if len(e) > 2 else None) for e in entries)
     losers = []
-    for i, (key, h) in enumerate(ordered):
-        if any(hamming(h, other) <= max_distance for _, other in ordered[:i]):
+    for i, (key, h, colour) in enumerate(ordered):
+        if any(ND.is_near_duplicate((h, colour), (oh, oc), max_distance) for _, oh, oc in ordered[:i]):
             losers.append(key)
     return losers
 

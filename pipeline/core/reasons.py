@@ -37,6 +37,8 @@ REASON_NOT_CHINESE = "not_chinese"
 REASON_UNSAFE = "unsafe"
 REASON_WATERMARK = "watermark"
 REASON_NEAR_DUPLICATE_IMAGE = "near_duplicate_image"
+# A flat or near-flat picture (solid colour, placeholder): too little structure to hash.
+REASON_BLANK_IMAGE = "blank_image"
 REASON_BAD_REGION = "bad_region"  # a region box that leaves no pixels in the downloaded image
 BLACKLIST_PREFIX = "blacklist"
 DOWNLOAD_PREFIX = "download"

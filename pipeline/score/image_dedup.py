@@ -2,7 +2,10 @@
 
 Both keep the smallest key of a group and reject the others with a reason, so
 the result does not depend on the runner or on arrival order. They work on
-index entries (key, source, caption, split, phash), never on pixels.
+index entries (key, source, caption, split, phash, colour signature), never on
+pixels. Near-identical means a close perceptual hash *and* the same coarse
+colours (:mod:`zhclip.filters.near_duplicates`), so colour variants of one
+layout stay apart.
 """
 
 from __future__ import annotations
@@ -17,12 +20,12 @@ from zhclip.pipeline.core import report as R
 from zhclip.pipeline.core import schema as S
 from zhclip.pipeline.core.tags import TAG_COUNTS as COUNTS
 from zhclip.pipeline.core.tags import TAG_REJECTS as REJECTS
-from zhclip.pipeline.score.steps import PHASH, STAGE
+from zhclip.pipeline.score.steps import COLOUR, PHASH, STAGE
 
 
 def index_entry(rec: dict[str, Any]) -> dict[str, Any]:
     """What dedup and ranking need of a record: no pixels."""
-    return {k: rec.get(k) for k in (S.KEY, S.SOURCE, S.URL, S.CAPTION, S.SPLIT, PHASH)}
+    return {k: rec.get(k) for k in (S.KEY, S.SOURCE, S.URL, S.CAPTION, S.SPLIT, PHASH, COLOUR)}
 
 
 def _lose(loser: dict[str, Any], reason: str) -> Iterator[Any]:
@@ -43,15 +46,29 @@ def pick_sha_winner(element: tuple[str, list[dict[str, Any]]],
         yield from _lose(loser, reason)
 
 
+def pick_exact_winners(element: tuple[str, list[dict[str, Any]]]) -> Iterator[Any]:
+    """One equal-hash group: an entry loses to a smaller key of the same colours;
+    colour variants of one layout share the hash and all survive."""
+    _, entries = element
+    entries = sorted(entries, key=lambda e: e[S.KEY])
+    lost = set(image_rules.near_duplicate_losers(
+        [(e[S.KEY], e[PHASH], e.get(COLOUR)) for e in entries], 0))
+    for entry in entries:
+        if entry[S.KEY] in lost:
+            yield from _lose(entry, RS.REASON_NEAR_DUPLICATE_IMAGE)
+        else:
+            yield entry
+
+
 def _band_candidates(entry: dict[str, Any], max_distance: int,
-                     caption_sources: frozenset[str]) -> Iterator[tuple[Any, tuple[str, int]]]:
-    """(band group key, (key, phash)) for each band of the entry's hash."""
+                     caption_sources: frozenset[str]) -> Iterator[tuple[Any, tuple]]:
+    """(band group key, (key, phash, colour)) for each band of the entry's hash."""
     group = image_rules.image_dedup_key("", entry[S.SOURCE], entry[S.CAPTION], caption_sources)
     for band in image_rules.band_keys(entry[PHASH], max_distance):
-        yield (band, group), (entry[S.KEY], entry[PHASH])
+        yield (band, group), (entry[S.KEY], entry[PHASH], entry.get(COLOUR))
 
 
-def _band_losers(element: tuple[Any, list[tuple[str, int]]], max_distance: int) -> Iterator[tuple[str, bool]]:
+def _band_losers(element: tuple[Any, list[tuple]], max_distance: int) -> Iterator[tuple[str, bool]]:
     _, members = element
     if len(members) > 1:
         for key in image_rules.near_duplicate_losers(list(members), max_distance):
@@ -72,7 +89,7 @@ class DedupNearImages(beam.PTransform):
     """Index entries -> the entries that survive near-duplicate removal (main), rejects, counts.
 
     Exact mode (distance 0) groups by the 64-bit perceptual hash through one
-    shuffle and keeps the smallest key, as sha256 dedup does. With distance
+    shuffle; in a group, an entry loses to a smaller key of the same colours. With distance
     k > 0 each hash is shuffled under its k + 1 bands; an entry loses when a
     band neighbour with a smaller key lies within k bits (one more shuffle joins
     the verdicts back to the entries). ``dedup: url_caption`` sources group by
@@ -92,8 +109,7 @@ class DedupNearImages(beam.PTransform):
                 | "ByPhash" >> beam.Map(lambda e: (image_rules.near_duplicate_key(
                     e[PHASH], e[S.SOURCE], e[S.CAPTION], cs), e))
                 | "GroupPhash" >> beam.GroupByKey()
-                | "PickNearWinner" >> beam.FlatMap(
-                    pick_sha_winner, reason=RS.REASON_NEAR_DUPLICATE_IMAGE).with_outputs(
+                | "PickNearWinner" >> beam.FlatMap(pick_exact_winners).with_outputs(
                     REJECTS, COUNTS, main="winners")
             )
         lost = (

@@ -27,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 from zhclip.filters import image_rules
 from zhclip.filters import images as I
+from zhclip.filters.near_duplicates import colour_signature
 from zhclip.pipeline.core import reasons as RS
 from zhclip.pipeline.core import schema as S
 from zhclip.pipeline.score import embeddings as E
@@ -43,6 +44,8 @@ MAX_NOTES = 200
 IMAGE = "image"
 # Key of a kept record's 64-bit perceptual hash (near-duplicate grouping).
 PHASH = "phash"
+# Key of a kept record's coarse colour layout (near-duplicates must match it too).
+COLOUR = "colour"
 
 
 def reject_row(sample: DL.DownloadedSample, reason: str) -> dict[str, Any]:
@@ -59,7 +62,8 @@ def reject_row(sample: DL.DownloadedSample, reason: str) -> dict[str, Any]:
 class PreparedSample:
     """A decoded download: JPEG bytes and hashes for the shards, pixels for the model."""
 
-    __slots__ = ("sample", "jpeg", "sha256", "width", "height", "pixels", "phash", "error", "reason")
+    __slots__ = ("sample", "jpeg", "sha256", "width", "height", "pixels", "phash", "colour", "error",
+                 "reason")
 
     def __init__(self, sample: DL.DownloadedSample) -> None:
         self.sample = sample
@@ -68,6 +72,7 @@ class PreparedSample:
         self.width = self.height = 0
         self.pixels: np.ndarray | None = None
         self.phash: int | None = None
+        self.colour: bytes | None = None
         self.error: str | None = None
         self.reason: str | None = None  # a reject reason found while preparing (bad_region)
 
@@ -119,7 +124,12 @@ def prepare_sample(sample: DL.DownloadedSample, preprocess: Callable[[Any], Any]
     out.sha256 = I.sha256_hex(out.jpeg)
     out.width, out.height = image.size
     if want_phash:
+        # A flat picture's hash is noise: rejected here, before it is scored or grouped.
+        out.reason = image_rules.blank_reason(image)
+        if out.reason is not None:
+            return out
         out.phash = I.phash64(image)
+        out.colour = colour_signature(image)
     if preprocess is not None:
         out.pixels = preprocess(image)
     return out
@@ -210,6 +220,7 @@ def kept_record(p: PreparedSample, score: float | None, val_fraction: float) -> 
         S.HEIGHT: p.height,
         S.SHA256: p.sha256,
         PHASH: p.phash,
+        COLOUR: p.colour,
         IMAGE: p.jpeg,
         S.SPLIT: SH.split_for_key(split_key(s), val_fraction),
     }
