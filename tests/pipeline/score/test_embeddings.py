@@ -16,9 +16,12 @@ from zhclip.pipeline.core.config import ConfigError, config_from_dict
 from zhclip.pipeline.demo.synthetic import ZH_CAPTIONS, Row, write_download_shard
 from zhclip.pipeline.inspect import search as SR
 from zhclip.pipeline.score import embeddings as E
+from zhclip.pipeline.score.final_shards import SPILL_PATH, load_spilled, spill_images
 from zhclip.pipeline.score.job import run_score
+from zhclip.pipeline.score.steps import IMAGE
 from zhclip.pipeline.score.tiny_mclip import build_tiny_models
 from zhclip.pipeline.shards import format as SH
+from zhclip.pipeline.shards.verify import verify_dataset
 
 SPS = 5
 
@@ -92,6 +95,7 @@ def test_one_file_triple_per_final_shard_row_aligned_with_its_tar(run):
     assert [e["shard"] for e in entries] == [f"{s['split']}/{s['name']}" for s in shards]
     assert [e["number"] for e in entries] == list(range(len(shards)))
     assert {s["split"] for s in shards} == {"train", "val"}
+    assert verify_dataset(str(out / SH.DATASET_DIR)) == []
     for entry, shard in zip(entries, shards, strict=True):
         tar = out / SH.DATASET_DIR / f"{entry['shard']}.tar"
         with tarfile.open(tar) as t:
@@ -119,7 +123,10 @@ def test_rerun_writes_the_same_bytes_and_drops_stale_files(run, tmp_path):
     (folder / E.file_name(E.IMG_EMB, 99)).write_bytes(b"stale")
     (folder / E.INDEX_DIR).mkdir(exist_ok=True)
     (folder / E.INDEX_DIR / "image.index").write_bytes(b"old index")
-    run_score(_cfg(out, models), [])
+    # Another runner mode (two worker threads, other bundles): the same bytes.
+    run_score(
+        _cfg(out, models), ["--direct_num_workers=2", "--direct_running_mode=multi_threading"]
+    )
     assert _files(folder) == before
     # Off again: a later run without embeddings leaves none that would describe old shards.
     other = tmp_path / "off"
@@ -197,3 +204,18 @@ def test_bad_input_is_one_line(run, tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="precomputed"):
         run_score(_cfg(tmp_path, models, backend="precomputed"), [])
+
+
+def test_embeddings_leave_the_records_before_any_shuffle(tmp_path):
+    """What crosses the key join and the shard grouping is metadata only; the float16
+    vectors wait in the spill file with the image bytes until their shard is written."""
+    vectors = np.random.default_rng(0).normal(size=(3, 2, 8)).astype(np.float32)
+    records = [
+        {S.KEY: f"k{i}", IMAGE: bytes([i]) * 10, **E.record_fields(v[0], v[1])}
+        for i, v in enumerate(vectors)
+    ]
+    moved = list(spill_images(records, str(tmp_path)))
+    assert all(set(r) == {S.KEY, SPILL_PATH, "spill_row"} for r in moved)
+    back = np.stack([np.frombuffer(b, np.float16) for b in load_spilled(moved[::-1], E.TEXT_EMB)])
+    np.testing.assert_array_equal(back, vectors[::-1, 1].astype(np.float16))
+    assert load_spilled(moved, IMAGE)[2] == bytes([2]) * 10
