@@ -14,7 +14,8 @@ depend on worker count or timing either.
 
 Outputs: OUT/dataset/{split}/{split}-{index:06d}.tar + .parquet + sizes.json,
 OUT/dataset/manifest.json + README.md (Hugging Face dataset card),
-OUT/rejects/score-*.parquet (REJECT_SCHEMA, stage "score"), OUT/report/score.json.
+OUT/rejects/score-*.parquet (REJECT_SCHEMA, stage "score"), OUT/report/score.json;
+with score.save_embeddings, OUT/embeddings/{img_emb,text_emb,metadata}/ (embeddings.py).
 """
 
 from __future__ import annotations
