@@ -160,7 +160,7 @@ def _merge_hist(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 def finalize(_: Any, out: str, cfg_dict: dict[str, Any], shard_infos: list[dict[str, Any]],
              counts: list[R.Counts], hists: list[dict[str, Any]], reject_files: list[str],
-             extra: dict[str, Any], embeddings: list[dict[str, Any]] = ()) -> dict[str, Any]:
+             extra: dict[str, Any], embeddings: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Write manifest.json, remove an earlier run's leftovers, write report/score.json.
 
     The report's ``warnings`` list says what the run could not do as configured
@@ -168,7 +168,7 @@ def finalize(_: Any, out: str, cfg_dict: dict[str, Any], shard_infos: list[dict[
     """
     plan = plan_thresholds(config_from_dict(cfg_dict))
     dataset = paths.join(out, SH.DATASET_DIR)
-    kept_embeddings = E.finish_embeddings(paths.join(out, E.EMBEDDINGS_DIR), embeddings)
+    kept_embeddings = E.finish_embeddings(paths.join(out, E.EMBEDDINGS_DIR), embeddings or [])
     manifest, stale = MF.finish_dataset(
         dataset, shard_infos, cfg_dict,
         extra={"embeddings": kept_embeddings} if kept_embeddings else None)
