@@ -55,9 +55,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("path", metavar="OUT", help="output root holding report/*.json")
     p.add_argument("--out", help="folder for the PNGs and summaries (default OUT/report)")
 
-    p = sub.add_parser("browse", help="static HTML contact sheet of the samples")
-    p.add_argument("path")
-    p.add_argument("--out", required=True, help="folder to write index.html and thumbnails into")
+    p = sub.add_parser("browse", help="static HTML contact sheet of the samples (or, with --rejects, "
+                                      "of what each rule dropped)")
+    p.add_argument("path", help="shard folder; with --rejects the output root OUT")
+    p.add_argument("--out", help="folder to write index.html and thumbnails into "
+                                 "(required, except with --rejects: default OUT/report/rejects)")
+    p.add_argument("--rejects", action="store_true",
+                   help="one page per reject reason of OUT/rejects: counts, a fixed sample, thumbnails")
+    p.add_argument("--per-reason", type=int, default=50, help="with --rejects: rows shown per reason")
     p.add_argument("--per-page", type=int, default=100)
     p.add_argument("--limit", type=int, default=1000, help="samples to include (default 1000; 0 = all)")
     p.add_argument("--thumb", type=int, default=160, help="thumbnail edge in pixels")
@@ -293,8 +298,19 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_browse(args: argparse.Namespace) -> int:
     from zhclip.pipeline.inspect.browse import write_browser
 
-    if args.per_page < 1 or args.limit < 0 or args.thumb < 16:
-        return _fail("browse", "need --per-page >= 1, --limit >= 0, --thumb >= 16", EXIT_BAD_INPUT)
+    if args.per_page < 1 or args.limit < 0 or args.thumb < 16 or args.per_reason < 1:
+        return _fail("browse", "need --per-page >= 1, --limit >= 0, --thumb >= 16, --per-reason >= 1",
+                     EXIT_BAD_INPUT)
+    if args.rejects:
+        from zhclip.pipeline.inspect.browse_rejects import write_reject_browser
+
+        problems: list[str] = []
+        pages = write_reject_browser(args.path, args.out, problems, per_reason=args.per_reason,
+                                     thumb=args.thumb)
+        print(f"{pages[0]} ({len(pages) - 1} reason page(s))")
+        return _finish("browse", problems)
+    if not args.out:
+        return _fail("browse", "--out is required (except with --rejects)", EXIT_BAD_INPUT)
     folder = _open(args)
     problems: list[str] = []
     pages = write_browser(folder, args.out, problems, per_page=args.per_page,

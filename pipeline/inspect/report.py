@@ -30,6 +30,8 @@ FUNNEL_SIZE_IN = (10.0, 5.0)
 HIST_SIZE_IN = (12.0, 4.5)
 DPI = 100
 TOP_REASONS = 10
+# The reject browser's index (`zhclip shards browse OUT --rejects`), relative to the summary.
+REJECTS_PAGE = "rejects/index.html"
 
 
 @dataclass
@@ -225,7 +227,9 @@ def _shards_stats(out: str, problems: list[str]) -> tuple[str | None, dict[str, 
 
 
 def summary_markdown(out: str, steps: list[FunnelStep], reasons: list[StageReasons],
-                     shards_uri: str | None, stats: dict[str, Any] | None, notes: list[str]) -> str:
+                     shards_uri: str | None, stats: dict[str, Any] | None, notes: list[str],
+                     rejects_page: str | None = None) -> str:
+    """``rejects_page``: the reject browser's index, relative to the summary, when it exists."""
     sources = sorted({n for s in steps for n in s.by_source})
     md = markdown_text  # source names, reasons and notes come from the data: never raw HTML
     lines = [f"# zhclip report: {md(out)}", "", "## Funnel", "", f"![funnel]({FUNNEL_PNG})", ""]
@@ -243,6 +247,9 @@ def summary_markdown(out: str, steps: list[FunnelStep], reasons: list[StageReaso
         # A code span shows HTML as text; only a backtick could end it early.
         lines += [f"- `{terminal_safe(reason).replace('`', chr(39))}`: {n}"
                   for reason, n in r.reasons.items()] or ["- (none)"]
+    if reasons:
+        lines += ["", f"[What each rule dropped: captions, URLs, thumbnails]({rejects_page})" if rejects_page
+                  else "Browse what each rule dropped: `zhclip shards browse OUT --rejects`, then rerun the report."]
     lines += ["", "## Shards", ""]
     if stats:
         cap, sc = stats["caption_length"], stats["score"]
@@ -293,6 +300,9 @@ def summary_html(markdown: str) -> str:
         elif line.startswith("![") and "](" in line:
             alt, _, rest = line[2:].partition("](")
             body.append(f'<img src="{_h(rest.rstrip(")"))}" alt="{_h(alt)}">')
+        elif line.startswith("[") and line.endswith(")") and "](" in line:
+            text, _, href = line[1:-1].partition("](")
+            body.append(f'<p><a href="{_h(href)}">{_h(text)}</a></p>')
         elif line.startswith("- "):
             body.append(f"<li>{_h(line[2:]).replace('`', '')}</li>")
         elif line.strip():
@@ -324,7 +334,8 @@ def write_report(out: str, dest: str | None, problems: list[str]) -> list[str]:
     written = [paths.join(dest, n) for n in (FUNNEL_PNG, HIST_PNG, SUMMARY_MD, SUMMARY_HTML)]
     _save(funnel_figure(steps), written[0])
     _save(histogram_figure(stats, reports.get("score")), written[1])
-    md = summary_markdown(out, steps, reasons, shards_uri, stats, notes)
+    rejects_page = REJECTS_PAGE if paths.exists(paths.join(dest, REJECTS_PAGE)) else None
+    md = summary_markdown(out, steps, reasons, shards_uri, stats, notes, rejects_page)
     paths.write_bytes_atomic(written[2], md.encode("utf-8"))
     paths.write_bytes_atomic(written[3], summary_html(md).encode("utf-8"))
     problems.extend(n for n in notes if "unreadable" in n or "damaged" in n or "missing" in n)
