@@ -74,16 +74,27 @@ def _count_blocks(state: dict[str, torch.Tensor], prefix: str) -> int:
     return max(found) + 1 if found else 0
 
 
-def _head_widths(folder: Path, width: int, hidden: int) -> tuple[int, int]:
-    """(vision head width, BERT attention heads) from cn_clip config JSONs in ``folder``."""
-    vision_head, text_heads = (80 if width == 1280 else 64), hidden // 64
+# cn_clip text-config keys -> BertConfig keys (what shapes do not tell)
+_CN_CLIP_TEXT_KEYS = {"text_num_attention_heads": "num_attention_heads",
+                      "text_hidden_dropout_prob": "hidden_dropout_prob",
+                      "text_attention_probs_dropout_prob": "attention_probs_dropout_prob",
+                      "text_hidden_act": "hidden_act", "text_initializer_range": "initializer_range"}
+
+
+def _configs_beside(folder: Path, width: int, hidden: int) -> tuple[int, dict[str, Any]]:
+    """(vision head width, BertConfig settings) from cn_clip config JSONs in ``folder``,
+    else cn_clip's published values (dropout 0.1 as every cn_clip BERT config has)."""
+    vision_head = 80 if width == 1280 else 64
+    text: dict[str, Any] = {"num_attention_heads": hidden // 64, "hidden_dropout_prob": 0.1,
+                            "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu"}
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         info = json.loads(path.read_text(encoding="utf-8"))
         if info.get("vision_width") == width and "vision_head_width" in info:
             vision_head = int(info["vision_head_width"])
-        if info.get("text_hidden_size") == hidden and "text_num_attention_heads" in info:
-            text_heads = int(info["text_num_attention_heads"])
-    return vision_head, text_heads
+        if info.get("text_hidden_size") == hidden:
+            text.update({ours: info[theirs] for theirs, ours in _CN_CLIP_TEXT_KEYS.items()
+                         if theirs in info})
+    return vision_head, text
 
 
 def cn_clip_spec(state: dict[str, torch.Tensor], context_length: int,
@@ -99,14 +110,13 @@ def cn_clip_spec(state: dict[str, torch.Tensor], context_length: int,
               "image_size": grid * int(patch)}
     words = state["text.bert.embeddings.word_embeddings.weight"]
     hidden = int(words.shape[1])
-    vision["head_width"], heads = _head_widths(configs or Path("-"), int(width), hidden)
+    vision["head_width"], text = _configs_beside(configs or Path("-"), int(width), hidden)
     bert = {"vocab_size": int(words.shape[0]), "hidden_size": hidden,
             "num_hidden_layers": _count_blocks(state, "text.bert.encoder.layer."),
-            "num_attention_heads": heads,
             "intermediate_size": int(state["text.bert.encoder.layer.0.intermediate.dense.weight"].shape[0]),
             "max_position_embeddings": int(state["text.bert.embeddings.position_embeddings.weight"].shape[0]),
             "type_vocab_size": int(state["text.bert.embeddings.token_type_embeddings.weight"].shape[0]),
-            "layer_norm_eps": 1e-12, "hidden_act": "gelu", "pad_token_id": 0}
+            "layer_norm_eps": 1e-12, "pad_token_id": 0, **text}
     return _spec(vision, True, int(state["image.proj"].shape[1]), bert, context_length,
                  float(state["logit_scale"]))
 
