@@ -186,9 +186,31 @@ def _torch_seed(*parts: Any) -> int:
     return _rng(*parts).getrandbits(63)
 
 
+# Object stores read through fsspec, as everywhere else in zhclip: webdataset's own
+# gs:// opener shells out to `gsutil cat`, which needs the Cloud SDK on every
+# training machine and ignores STORAGE_EMULATOR_HOST.
+_FSSPEC_SCHEMES = ("gs://", "gcs://", "s3://", "memory://")
+
+
+def _open_shards(urls: list[str], handler: Callable[[Exception], bool]) -> Iterator[dict]:
+    for url in urls:
+        try:
+            if url.startswith(_FSSPEC_SCHEMES):
+                stream = fsspec.open(url, "rb").open()
+            else:
+                stream = wds.gopen(url)
+        except Exception as exn:
+            exn.args = (*exn.args, url)
+            if handler(exn):
+                continue
+            break
+        yield {"url": url, "stream": stream}
+
+
 def _raw_samples(urls: list[str]) -> Iterator[dict[str, Any]]:
-    src = ({"url": u} for u in urls)
-    yield from wds.tariterators.tarfile_samples(src, handler=wds.handlers.warn_and_continue)
+    handler = wds.handlers.warn_and_continue
+    files = wds.tariterators.tar_file_expander(_open_shards(urls, handler), handler=handler)
+    yield from wds.tariterators.group_by_keys(files, handler=handler)
 
 
 def _buffer_shuffle(samples: Iterator[dict], size: int, rng: random.Random) -> Iterator[dict]:

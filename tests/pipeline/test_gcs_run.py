@@ -115,3 +115,18 @@ def test_run_on_gcs_writes_the_same_shards_as_a_local_run(tmp_path: Path, gcs_bu
     assert any(src in head.stdout for src in ("laion_zh", "wukong", "coco_zh", "vg_zh")), (
         head.stdout
     )
+
+    # Training reads the gs:// shards through the same reader (tiny towers, a few steps).
+    from zhclip.training.cli import demo_train_section
+
+    train = demo_train_section(tmp_path / "train_run", ["一只猫", "一条狗", "红色的圆形"], 4)
+    train.update(
+        data={**train["data"], "path": f"{out}/dataset"},
+        eval_at_start=False,
+        eval_every=1000,
+        log_every=1,
+    )
+    gs_cfg["train"] = train
+    trained = zhclip("train", "--config", str(write_config(gs_cfg, tmp_path / "train.yaml")))
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert any((tmp_path / "train_run" / "train").rglob("*.pt"))
