@@ -10,7 +10,9 @@ writes ``top1`` / ``top5``. ``--save-features DIR`` keeps the L2-normalised
 features (``.npy``, row order), ``index.json`` (their ids), and for retrieval
 the top-10 prediction files in the format Chinese-CLIP's evaluation scripts read
 (``t2i_predictions.jsonl``, ``i2t_predictions.jsonl``), so a score can be checked
-by the reference implementation.
+by the reference implementation. ``--write-wds DIR`` writes the benchmark in
+CLIP_benchmark's webdataset layout (training.clip_benchmark_layout), so its own CLI
+can score an open_clip export of the same model on the same data.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: zhclip's built-in Chinese templates)")
     parser.add_argument("--out", required=True, help="metrics JSON file to write")
     parser.add_argument("--save-features", metavar="DIR", help="also write features and predictions here")
+    parser.add_argument("--write-wds", metavar="DIR", help="also write the benchmark in "
+                        "CLIP_benchmark's webdataset layout (split test), for "
+                        "`clip_benchmark eval --dataset wds/NAME --dataset_root DIR`")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
 
@@ -113,6 +118,10 @@ def evaluate_retrieval(args: argparse.Namespace, device) -> dict[str, Any]:
     bench = read_retrieval(args.data, args.format, args.split)
     log.info("%s: %d images, %d captions (%s)", args.data, len(bench.image_ids), len(bench.texts),
              bench.format)
+    if args.write_wds:
+        from zhclip.training.clip_benchmark_layout import write_retrieval
+
+        log.info("CLIP_benchmark layout in %s: %s", args.write_wds, write_retrieval(bench, args.write_wds))
     model, tokenizer, transform = _load_model(args, device)
     image_features = embed_image_stream(model, transform, bench.read_images(), device, args.batch_size)
     if image_features.shape[0] != len(bench.image_ids):
@@ -163,6 +172,11 @@ def evaluate_zeroshot(args: argparse.Namespace, device) -> dict[str, Any]:
     templates = read_templates(args.templates) if args.templates else list(DEFAULT_TEMPLATES)
     log.info("%s: %d images in %d classes, %d templates", args.data, len(data.paths),
              len(data.classnames), len(templates))
+    if args.write_wds:
+        from zhclip.training.clip_benchmark_layout import write_classification
+
+        log.info("CLIP_benchmark layout in %s: %s", args.write_wds,
+                 write_classification(data, templates, args.write_wds))
     model, tokenizer, transform = _load_model(args, device)
     classes = class_features(model, tokenizer, data.classnames, templates, device, args.batch_size)
     image_features = embed_image_stream(model, transform, data.read_images(), device, args.batch_size)

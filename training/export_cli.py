@@ -42,7 +42,8 @@ def _open_clip(data: Mapping[str, Any], out: Path, args: argparse.Namespace) -> 
 def _onnx(data: Mapping[str, Any], out: Path, args: argparse.Namespace) -> Path:
     from zhclip.training.export_onnx import write_onnx
 
-    return write_onnx(data, out, fp16=args.fp16, opset=args.opset)
+    opset = DEFAULT_OPSET if args.opset is None else args.opset
+    return write_onnx(data, out, fp16=args.fp16, opset=opset)
 
 
 # format -> writer(data, output folder, parsed args); each raises CannotConvert to refuse
@@ -74,7 +75,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--opset",
         type=int,
-        default=DEFAULT_OPSET,
         help=f"onnx: the ONNX opset to write (default {DEFAULT_OPSET})",
     )
 
@@ -82,6 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace, beam_args: list[str]) -> int:
     if beam_args:
         raise UsageError(f"zhclip export does not take {' '.join(beam_args)}")
+    if args.format != "onnx" and (args.fp16 or args.opset is not None):
+        raise UsageError("--fp16 and --opset apply to --format onnx only")
     from zhclip.training.export import read_weights_file
 
     try:

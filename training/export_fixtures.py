@@ -21,10 +21,29 @@ FOLDED = ["左上的红色圆形,很大!", "(右下)蓝色方形:小", "左下�
 PHRASINGS = ("{p}的{c}{s}", "{c}{s}在{p}", "{p}有一个{c}{s}")
 
 
+def trained_looking(model):
+    """Move every weight off its initial value (and the temperature to 3.3), in place;
+    returns the model in eval mode. A converter that drops or mis-maps any tensor then
+    changes the features."""
+    import torch
+
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+        model.logit_scale.fill_(3.3)
+    return model.eval()
+
+
 def write_export(
-    root: Path, kind: str = "vit", quick_gelu: bool = True, seed: int = 0, context_length: int = 16
+    root: Path,
+    kind: str = "vit",
+    quick_gelu: bool = True,
+    seed: int = 0,
+    context_length: int = 16,
+    vocab_extra: list[str] | None = None,
 ) -> Path:
-    """``root/export.pt``: a tiny ViT or ResNet (``kind``) + BERT zhclip export."""
+    """``root/export.pt``: a tiny ViT or ResNet (``kind``) + BERT zhclip export; the
+    vocabulary also covers the characters of ``vocab_extra``."""
     import torch
     from zhclip.training.config import train_config_from_dict
     from zhclip.training.export import export_model
@@ -36,18 +55,15 @@ def write_export(
         root / kind, name=f"zhclip-Export-{kind}", cfg=cfg, seed=seed
     )
     bert = tiny.write_tiny_bert(
-        root / "bert", fixtures.all_captions() + PUNCTUATED + FOLDED + list(PHRASINGS), seed=seed
+        root / "bert",
+        fixtures.all_captions() + PUNCTUATED + FOLDED + list(PHRASINGS) + (vocab_extra or []),
+        seed=seed,
     )
     section = fixtures.tiny_train_section(
         root, {**image, "quick_gelu": quick_gelu}, bert, context_length=context_length
     )
     torch.manual_seed(seed)
-    model = build_model(train_config_from_dict(section))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-        model.logit_scale.fill_(3.3)
-    model.eval()
+    model = trained_looking(build_model(train_config_from_dict(section)))
     tokenizer = load_tokenizer(str(bert), context_length)
     return export_model(model, tokenizer, root / "export.pt")
 

@@ -21,6 +21,7 @@ from zhclip.training.convert import (
     read_init_weights,
 )
 from zhclip.training.export import export_model, read_weights_file
+from zhclip.training.export_fixtures import trained_looking
 from zhclip.training.fixtures import (
     TINY_RN,
     all_captions,
@@ -53,12 +54,7 @@ def _exported(towers, tmp_path: Path, kind: str = "vit", quick_gelu: bool = True
     image = {**towers[kind], "quick_gelu": quick_gelu}
     section = tiny_train_section(towers["root"], image, towers["bert"])
     torch.manual_seed(0)
-    model = build_model(train_config_from_dict(section))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-        model.logit_scale.fill_(3.3)
-    model.eval()
+    model = trained_looking(build_model(train_config_from_dict(section)))
     return export_model(model, load_tokenizer(str(towers["bert"]), 16), tmp_path / "export.pt")
 
 

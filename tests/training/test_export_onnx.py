@@ -22,15 +22,16 @@ TOL = 1e-4
 FP16_TOL = 1e-2
 
 
+def _export_onnx(export, out, *flags: str) -> int:
+    return zhclip(["export", str(export), "--format", "onnx", "--output", str(out), *flags])
+
+
 @pytest.fixture(scope="module", params=["vit", "rn"])
 def exported(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"onnx-{request.param}")
     export = write_export(root, request.param)
     flags = ["--fp16"] if request.param == "vit" else []
-    assert (
-        zhclip(["export", str(export), "--format", "onnx", "--output", str(root / "onnx"), *flags])
-        == 0
-    )
+    assert _export_onnx(export, root / "onnx", *flags) == 0
     return {
         "root": root,
         "export": export,
@@ -145,39 +146,11 @@ def test_zhclip_eval_on_the_onnx_folder_equals_eval_on_the_export(exported, tmp_
 def test_an_opset_the_runtime_lacks_is_one_line(exported, tmp_path, capsys):
     top = runtime_max_opset()
     assert top is not None and top >= 18
-    assert (
-        zhclip(
-            [
-                "export",
-                str(exported["export"]),
-                "--format",
-                "onnx",
-                "--output",
-                str(tmp_path / "o"),
-                "--opset",
-                str(top + 1),
-            ]
-        )
-        == 2
-    )
+    assert _export_onnx(exported["export"], tmp_path / "o", "--opset", str(top + 1)) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and f"opset {top + 1}" in err and f"runs opset {top} at most" in err
     assert not (tmp_path / "o").exists()
-    assert (
-        zhclip(
-            [
-                "export",
-                str(exported["export"]),
-                "--format",
-                "onnx",
-                "--output",
-                str(tmp_path / "o"),
-                "--opset",
-                "11",
-            ]
-        )
-        == 2
-    )
+    assert _export_onnx(exported["export"], tmp_path / "o", "--opset", "11") == 2
     assert "opset 18 or later" in capsys.readouterr().err
     # a folder whose graph is stamped with a newer opset than this runtime runs
     stamped = onnx.load(str(exported["onnx"] / "image.onnx"))

@@ -127,3 +127,22 @@ def test_a_model_open_clip_cannot_hold_is_refused_in_one_line(exported, tmp_path
     )
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "neither a zhclip export" in err
+
+
+def test_onnx_only_flags_are_refused_for_other_formats(exported, tmp_path, capsys):
+    assert (
+        zhclip(
+            [
+                "export",
+                str(exported["export"]),
+                "--format",
+                "open_clip",
+                "--fp16",
+                "--output",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
+    assert "apply to --format onnx only" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
