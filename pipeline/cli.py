@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("zhclip.pipeline.inspect.search", "nearest pairs of the corpus to a caption or an image (OUT/embeddings)"),
     "train": ("zhclip.training.cli", "two-stage Chinese CLIP pretraining on OUT/dataset"),
     "eval": ("zhclip.training.eval_cli", "recall on a retrieval benchmark, or zero-shot classification"),
-    "export": ("zhclip.training.export_cli", "convert a zhclip export to Chinese-CLIP or transformers"),
+    "export": ("zhclip.training.export_cli", "write an export as Chinese-CLIP, transformers, open_clip or ONNX"),
     "finetune": ("zhclip.training.finetune_cli", "fine-tune a model on a retrieval benchmark (recipes)"),
 }
 
