@@ -26,7 +26,8 @@ def _export_onnx(export, out, *flags: str) -> int:
     return zhclip(["export", str(export), "--format", "onnx", "--output", str(out), *flags])
 
 
-@pytest.fixture(scope="module", params=["vit", "rn"])
+# the ResNet pairing runs with the slow tests (its export adds ~20 s here)
+@pytest.fixture(scope="module", params=["vit", pytest.param("rn", marks=pytest.mark.slow)])
 def exported(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"onnx-{request.param}")
     export = write_export(root, request.param)
