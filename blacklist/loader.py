@@ -13,7 +13,12 @@ one entry whose match kind is chosen by its prefix:
   pattern. Every shipped regex has one; ``re:<pattern>`` without a name is
   still read (user lists), and then the reason carries the pattern;
 * ``word:<term>`` hits only when ``<term>`` is a whole jieba token, so a short
-  term does not fire inside a longer innocent word.
+  term does not fire inside a longer innocent word;
+* ``set(<name>):<a>|<b>|...`` names a set of alternatives (regex syntax) that
+  later regexes of the same file use as ``{<name>}``. A category is written as
+  its verbs and its objects, and a rule combines them
+  (``re(tap_to_view):{tap}\\s*{view}``), so a new pairing of known words is
+  caught without a phrase of its own. A set matches nothing by itself.
 
 ``#`` starts a comment line; blank lines are skipped; surrounding whitespace
 is dropped. Shipped lists are read through :mod:`importlib.resources` so they
@@ -41,13 +46,17 @@ REGEX_PREFIX = "re:"
 NAMED_REGEX = re.compile(r"re\(([a-z0-9_]+)\):(.*)\Z", re.DOTALL)
 NAMED_REGEX_START = "re("
 WORD_PREFIX = "word:"
+SET_DEFINITION = re.compile(r"set\(([a-z0-9_]+)\):(.*)\Z", re.DOTALL)
+SET_START = "set("
+# A reference to a set; RE2 and re read "{" only before digits, so a name is unambiguous.
+SET_REFERENCE = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 LIST_SUFFIX = ".txt"
 
 # Order of the shipped lists inside "builtin"; it is also the tie-break order
 # when two lists hit at the same place. The narrow lists come first so that,
 # say, "微信图片_2019..." is reported as a file name rather than as an ad for
 # WeChat. Any further shipped file follows in name order.
-BUILTIN_ORDER = ("filenames", "watermark", "contact", "advertising")
+BUILTIN_ORDER = ("filenames", "watermark", "contact", "platform", "call_to_action", "advertising")
 
 # Python's re must see ASCII classes to agree with RE2 on \d, \w, \s and \b.
 PYTHON_REGEX_FLAGS = re.IGNORECASE | re.ASCII
@@ -129,7 +138,14 @@ def parse_list(text: str, list_name: str, source: str) -> list[BlacklistEntry]:
         raise ValueError(f"blacklist file {source}: list name {list_name!r} must be non-empty and free of ':'")
     entries = []
     named: dict[str, int] = {}
+    sets: dict[str, str] = {}
     for number, line in _content_lines(text.splitlines()):
+        if line.startswith(SET_START):
+            name, body = parse_set(line, source, number, sets)
+            sets[name] = body
+            continue
+        if line.startswith((NAMED_REGEX_START, REGEX_PREFIX)):
+            line = expand_sets(line, sets, source, number)
         entry = parse_line(line, list_name, source, number)
         if entry.name is not None:
             if entry.name in named:
@@ -138,6 +154,37 @@ def parse_list(text: str, list_name: str, source: str) -> list[BlacklistEntry]:
             named[entry.name] = number
         entries.append(entry)
     return entries
+
+
+def parse_set(line: str, source: str, number: int, sets: dict[str, str]) -> tuple[str, str]:
+    """Name and body of a ``set(<name>):`` line; its body may use sets defined above it."""
+    where = f"blacklist file {source}, line {number}"
+    found = SET_DEFINITION.match(line)
+    if found is None:
+        raise ValueError(f"{where}: a set reads set(<name>):<a>|<b>|..., the name in "
+                         "lower-case letters, digits and _")
+    name, body = found.group(1), expand_sets(found.group(2).strip(), sets, source, number)
+    if not body:
+        raise ValueError(f"{where}: empty set {name!r}")
+    if name in sets:
+        raise ValueError(f"{where}: set {name!r} is already defined")
+    check_regex(f"(?:{body})", where)
+    return name, body
+
+
+def expand_sets(line: str, sets: dict[str, str], source: str, number: int) -> str:
+    """``line`` with each ``{<name>}`` replaced by its set as a non-capturing group."""
+    if "{" not in line:
+        return line
+
+    def body(found: re.Match[str]) -> str:
+        name = found.group(1)
+        if name not in sets:
+            raise ValueError(f"blacklist file {source}, line {number}: set {{{name}}} is not "
+                             "defined above this line")
+        return f"(?:{sets[name]})"
+
+    return SET_REFERENCE.sub(body, line)
 
 
 def parse_line(line: str, list_name: str, source: str, number: int) -> BlacklistEntry:

@@ -37,6 +37,7 @@ from zhclip.filters.blacklist_patterns import (
     ascii_lower,
     literal_alternatives,
     re2_literal,
+    required_literals,
     without_captures,
 )
 from zhclip.filters.jieba_words import jieba_words
@@ -48,6 +49,8 @@ _NO_ENTRY = np.iinfo(np.int64).max
 _REGEX_FANOUT = 3
 # Most literals folded into the single RE2 candidate pass.
 _RE2_MAX_LITERALS = 1000
+# A regex made of at most this many literals is matched as those literals.
+_LITERAL_REGEX_LIMIT = 16
 
 
 class BlacklistMatcher:
@@ -99,20 +102,42 @@ class BlacklistMatcher:
         # that, its first word entry: later ones can never win a tie.
         first_substring: dict[str, int] = {}
         first_word: dict[str, int] = {}
-        self._regex_ids = []
+        regex_ids = []
         for entry_id, entry in enumerate(entries):
             if entry.kind == "substring":
                 first_substring.setdefault(ascii_lower(entry.term), entry_id)
             elif entry.kind == "word":
                 first_word.setdefault(ascii_lower(entry.term), entry_id)
-            elif (alternatives := literal_alternatives(entry.term)) is not None:
-                # A regex that is only a set of literals ("(?:联系|咨询)电话")
+            elif (alternatives := literal_alternatives(entry.term)) is not None and len(
+                alternatives
+            ) <= _LITERAL_REGEX_LIMIT:
+                # A regex that is only a few literals ("(?:联系|咨询)电话")
                 # is found by the Aho-Corasick pass, which is cheaper than RE2.
                 for literal in alternatives:
                     first_substring.setdefault(ascii_lower(literal), entry_id)
             else:
-                self._regex_ids.append(entry_id)
-        self._literals = sorted(first_substring.keys() | first_word.keys())
+                regex_ids.append(entry_id)
+        self._regex_ids = regex_ids
+        self._regex_bodies = {i: without_captures(entries[i].term) for i in regex_ids}
+        # Each regex is screened by strings one of which its every match holds
+        # (required_literals); a regex with none is run on every candidate row.
+        screened: dict[int, list[str]] = {}
+        self._untriggered: list[int] = []
+        for i in regex_ids:
+            found = _case_variants(required_literals(self._regex_bodies[i]))
+            if found is None:
+                self._untriggered.append(i)
+            else:
+                screened[i] = found
+        # A row holding a screening string holds every shorter one inside it,
+        # so each regex is screened by the minimal strings of all of them:
+        # fewer strings make the literal passes cheaper.
+        minimal = _minimal_strings([t for found in screened.values() for t in found])
+        triggers: dict[str, list[int]] = {}
+        for i, found in screened.items():
+            for literal in {m for t in found for m in minimal if m in t}:
+                triggers.setdefault(literal, []).append(i)
+        self._literals = sorted(first_substring.keys() | first_word.keys() | triggers.keys())
         self._literal_substring_id = np.array(
             [first_substring.get(t, _NO_ENTRY) for t in self._literals], dtype=np.int64
         )
@@ -123,14 +148,19 @@ class BlacklistMatcher:
             ],
             dtype=np.int64,
         )
+        # literal index -> regex ids it screens, as (index, regex id) pairs
+        pairs = [(k, i) for k, t in enumerate(self._literals) for i in triggers.get(t, ())]
+        self._trigger_literal = np.array([k for k, _ in pairs], dtype=np.int64)
+        self._trigger_regex = np.array([i for _, i in pairs], dtype=np.int64)
         self._literal_array = pa.array(self._literals, type=pa.string())
-        self._regex_bodies = {i: without_captures(entries[i].term) for i in self._regex_ids}
-        parts = [re2_literal(t) for t in self._literals] + [
-            f"(?:{self._regex_bodies[i]})" for i in self._regex_ids
+        # The candidate pass needs only the strings that hold no other one.
+        self._screen = _minimal_strings(self._literals)
+        parts = [re2_literal(t) for t in self._screen] + [
+            f"(?:{self._regex_bodies[i]})" for i in self._untriggered
         ]
         # RE2's DFA runs out of memory on alternations of many thousand
-        # literals and crawls; Aho-Corasick does not mind.
-        small = len(self._literals) <= _RE2_MAX_LITERALS
+        # literals, or of many rich regexes, and crawls; Aho-Corasick does not mind.
+        small = len(self._screen) <= _RE2_MAX_LITERALS
         self._any_pattern: str | None = "|".join(parts) if parts and small else None
 
     # ---------------------------------------------------------------- public
@@ -156,10 +186,8 @@ class BlacklistMatcher:
         if len(candidates) == 0:
             return pa.nulls(n, type=pa.string())
         texts = array.take(pa.array(candidates))
-        hits = _Hits.concat(
-            self._literal_hits(texts, np.flatnonzero(self._literal_candidates(texts))),
-            self._regex_hits(texts, np.flatnonzero(self._regex_candidates(texts))),
-        )
+        literal_hits, triggered = self._literal_hits(texts)
+        hits = _Hits.concat(literal_hits, self._regex_hits(texts, triggered))
         best = self._best_per_row(texts, hits, len(candidates))
         found = best != _NO_ENTRY
         return _scatter(self._reasons.take(pa.array(best[found])), candidates[found], n)
@@ -213,23 +241,26 @@ class BlacklistMatcher:
         return self._literal_candidates(array) | self._regex_candidates(array)
 
     def _literal_candidates(self, array: pa.Array) -> np.ndarray:
-        if not self._literals:
+        if not self._screen:
             return np.zeros(len(array), dtype=bool)
-        hits = _polars(array).str.contains_any(self._literals, ascii_case_insensitive=True)
+        hits = _polars(array).str.contains_any(self._screen, ascii_case_insensitive=True)
         return hits.fill_null(False).to_numpy()
 
     def _regex_candidates(self, array: pa.Array) -> np.ndarray:
-        if not self._regex_ids:
+        if not self._untriggered:
             return np.zeros(len(array), dtype=bool)
-        return _regex_mask(array, self._alternation(self._regex_ids))
+        return _regex_mask(array, self._alternation(self._untriggered))
 
     # ------------------------------------------------------------ hit tables
 
-    def _literal_hits(self, texts: pa.Array, rows: np.ndarray) -> _Hits:
-        """Every literal occurrence in ``texts[rows]``: row, byte offset, entry."""
-        if len(rows) == 0:
-            return _Hits.empty()
-        series = _polars(texts.take(pa.array(rows)))
+    def _literal_hits(self, texts: pa.Array) -> tuple[_Hits, tuple[np.ndarray, np.ndarray]]:
+        """Every literal occurrence in ``texts``: (row, byte offset, entry) hits of
+        the literal entries, and the (row, regex id) pairs whose regex a
+        screening string of the row calls for."""
+        none = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+        if not self._literals or len(texts) == 0:
+            return _Hits.empty(), none
+        series = _polars(texts)
         starts = series.str.find_many(self._literals, ascii_case_insensitive=True, overlapping=True)
         matched = series.str.extract_many(self._literals, ascii_case_insensitive=True, overlapping=True)
         per_row = starts.list.len().fill_null(0).to_numpy()
@@ -240,8 +271,8 @@ class BlacklistMatcher:
         if term_index.null_count or len(term_index) != len(offsets):
             raise RuntimeError("polars find_many and extract_many disagree on the literal hits")
         term_index = term_index.to_numpy(zero_copy_only=False)
-        row_of = np.repeat(rows, per_row)
-        return _Hits(
+        row_of = np.repeat(np.arange(len(texts), dtype=np.int64), per_row)
+        hits = _Hits(
             rows=np.concatenate([row_of, row_of]),
             starts=np.concatenate([offsets, offsets]),
             entries=np.concatenate(
@@ -249,26 +280,67 @@ class BlacklistMatcher:
             ),
             words=np.concatenate([np.zeros(len(row_of), bool), np.ones(len(row_of), bool)]),
         ).without_missing_entries()
+        return hits, self._triggered(row_of, term_index)
 
-    def _regex_hits(self, texts: pa.Array, rows: np.ndarray) -> _Hits:
-        """Which regex entries hit ``texts[rows]``; offsets come later, where needed."""
-        if len(rows) == 0:
-            return _Hits.empty()
+    def _triggered(self, rows: np.ndarray, term_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Unique (row, regex id) pairs called for by the literal hits (rows, term_index)."""
+        if len(self._trigger_literal) == 0 or len(rows) == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        n_literals = len(self._literals)
+        # pairs sorted by literal index, so each literal's regex ids form one slice
+        order = np.argsort(self._trigger_literal, kind="stable")
+        lit_sorted, regex_sorted = self._trigger_literal[order], self._trigger_regex[order]
+        first = np.searchsorted(lit_sorted, np.arange(n_literals), side="left")
+        count = np.searchsorted(lit_sorted, np.arange(n_literals), side="right") - first
+        n = count[term_index]
+        if not n.any():
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        out_rows = np.repeat(rows, n)
+        starts = np.repeat(first[term_index], n)
+        within = np.arange(len(out_rows)) - np.repeat(np.cumsum(n) - n, n)
+        out_regex = regex_sorted[starts + within]
+        # one int64 key per pair, sorted by regex id, then row; a sort, since
+        # numpy's hashing unique is several times slower on these sizes
+        width = int(rows.max()) + 1
+        keys = np.sort(out_regex * width + out_rows)
+        keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
+        return keys % width, keys // width
+
+    def _regex_hits(self, texts: pa.Array, triggered: tuple[np.ndarray, np.ndarray]) -> _Hits:
+        """Which regex entries hit ``texts``; offsets come later, where needed.
+
+        A screened regex runs only on the rows that hold one of its strings
+        (one RE2 pass per regex over few rows); the others are narrowed down
+        a tree of smaller alternations over the rows their alternation hits.
+        """
         found_rows, found_ids = [], []
-        pending = [(rows, self._regex_ids)]
-        while pending:
-            node_rows, ids = pending.pop()
-            if len(ids) == 1:
-                found_rows.append(node_rows)
-                found_ids.append(np.full(len(node_rows), ids[0], dtype=np.int64))
-                continue
-            subset = texts.take(pa.array(node_rows))
-            step = max(1, -(-len(ids) // _REGEX_FANOUT))
-            for first in range(0, len(ids), step):
-                group = ids[first:first + step]
-                inside = node_rows[_regex_mask(subset, self._alternation(group))]
-                if len(inside):
-                    pending.append((inside, group))
+        rows, ids = triggered
+        if len(ids):
+            bounds = np.flatnonzero(np.concatenate([[True], ids[1:] != ids[:-1], [True]]))
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+                regex_id, these = int(ids[a]), rows[a:b]
+                inside = these[_regex_mask(texts.take(pa.array(these)), self._regex_bodies[regex_id])]
+                found_rows.append(inside)
+                found_ids.append(np.full(len(inside), regex_id, dtype=np.int64))
+        if self._untriggered:
+            pending = [(np.flatnonzero(self._regex_candidates(texts)), self._untriggered)]
+            while pending:
+                node_rows, node_ids = pending.pop()
+                if len(node_rows) == 0:
+                    continue
+                if len(node_ids) == 1:
+                    found_rows.append(node_rows)
+                    found_ids.append(np.full(len(node_rows), node_ids[0], dtype=np.int64))
+                    continue
+                subset = texts.take(pa.array(node_rows))
+                step = max(1, -(-len(node_ids) // _REGEX_FANOUT))
+                for first in range(0, len(node_ids), step):
+                    group = node_ids[first:first + step]
+                    inside = node_rows[_regex_mask(subset, self._alternation(group))]
+                    if len(inside):
+                        pending.append((inside, group))
+        if not found_rows:
+            return _Hits.empty()
         found = np.concatenate(found_rows)
         return _Hits(
             rows=found,
@@ -286,6 +358,7 @@ class BlacklistMatcher:
         needed = unplaced & (per_row[hits.rows] > 1)
         for entry_id in np.unique(hits.entries[needed]):
             where = np.flatnonzero(needed & (hits.entries == entry_id))
+            # (pyarrow's find_substring_regex reads the pattern as Latin-1: "." is one byte there)
             pattern = f"(?i)^(?P<pre>(?s:.)*?)(?:{self._regex_bodies[int(entry_id)]})"
             prefixes = pc.extract_regex(texts.take(pa.array(hits.rows[where])), pattern=pattern)
             hits.starts[where] = pc.binary_length(prefixes.field("pre")).to_numpy(zero_copy_only=False)
@@ -362,6 +435,43 @@ class _Hits:
     def without_missing_entries(self) -> _Hits:
         keep = self.entries != _NO_ENTRY
         return _Hits(self.rows[keep], self.starts[keep], self.entries[keep], self.words[keep])
+
+
+def _minimal_strings(strings: Sequence[str]) -> list[str]:
+    """``strings`` less every one that holds another: a text holds one of the
+    rest exactly when it holds one of them all."""
+    kept: list[str] = []
+    for text in sorted(set(strings), key=len):
+        if not any(other in text for other in kept):
+            kept.append(text)
+    return sorted(kept)
+
+
+def _case_variants(strings: Sequence[str] | None) -> list[str] | None:
+    """Folded ``strings`` plus the spellings RE2's case folding also accepts
+    and an ASCII fold does not (K for k, long s for s); None for None.
+
+    The screen is an ASCII-folding literal pass, the regex is RE2 with
+    Unicode folding: without these a caption with a Kelvin sign would skip a
+    regex that matches it.
+    """
+    if strings is None:
+        return None
+    out: list[str] = []
+    for text in strings:
+        if any(not ch.isascii() and ch.lower() != ch.upper() for ch in text):
+            return None  # a cased letter beyond ASCII: leave this regex unscreened
+        variants = [""]
+        for ch in ascii_lower(text):
+            variants = [v + alt for v in variants for alt in _UNICODE_FOLDS.get(ch, ch)]
+        if len(variants) > _MAX_CASE_VARIANTS:
+            return None
+        out.extend(variants)
+    return out
+
+
+_UNICODE_FOLDS = {"k": ("k", "\u212a"), "s": ("s", "\u017f")}
+_MAX_CASE_VARIANTS = 8
 
 
 def _first_per_row(sorted_rows: np.ndarray) -> np.ndarray:

@@ -8,6 +8,10 @@ into the forms RE2's extract kernels accept.
 
 from __future__ import annotations
 
+# Python's own regex parser: only the prefilter (required_literals) reads syntax trees.
+import re._parser as _sre_parser
+from re._constants import ANY, AT, BRANCH, IN, LITERAL, MAX_REPEAT, MIN_REPEAT, SUBPATTERN
+
 
 def ascii_lower(text: str) -> str:
     """``text`` with only A-Z lowered, the fold polars' ascii_case_insensitive uses."""
@@ -170,3 +174,95 @@ def without_captures(pattern: str) -> str:
         out.append(ch)
         i += 1
     return "".join(out)
+
+
+def required_literals(pattern: str) -> list[str] | None:
+    """Strings one of which every match of ``pattern`` contains, or None when
+    no such small set is found (a pattern that can match with no fixed text,
+    like ``\\d{13,}``).
+
+    The matcher screens a column for these strings with one cheap literal pass
+    and runs the regex only on the rows that hold one, which is what keeps
+    many combined verb-and-object rules fast. Read with Python's own regex
+    parser; the shipped patterns are checked to mean the same in RE2. Letters
+    are as written: the caller folds case.
+    """
+    try:
+        parsed = _sre_parser.parse(pattern, 0)
+    except Exception:  # noqa: BLE001 - any parse failure just means "no prefilter"
+        return None
+    found = _sequence(list(parsed))[1]
+    if not found or "" in found:
+        return None
+    return sorted(found)
+
+
+# Most strings a prefilter set may hold; beyond it a rule is screened by another of its parts.
+_MAX_REQUIRED = 64
+_MAX_REQUIRED_UNION = 256  # alternatives' sets together (the matcher drops strings that hold others)
+_Sets = tuple[frozenset[str] | None, frozenset[str] | None]  # (exact strings, required strings)
+
+
+def _sequence(items: list) -> _Sets:
+    """(every string the sequence can match, strings one of which each match holds)."""
+    exact: frozenset[str] | None = frozenset([""])
+    run: frozenset[str] | None = frozenset([""])  # product of the current run of exact items
+    best: frozenset[str] | None = None
+    for op, av in items:
+        item_exact, item_required = _item(op, av)
+        if item_exact is not None and run is not None:
+            product = frozenset(a + b for a in run for b in item_exact)
+            run = product if len(product) <= _MAX_REQUIRED else None
+        else:
+            best = _better(best, run)
+            run = item_exact
+        best = _better(best, item_required)
+        if exact is not None:
+            product = frozenset(a + b for a in exact for b in item_exact) if item_exact is not None else None
+            exact = product if product is not None and len(product) <= _MAX_REQUIRED else None
+    best = _better(best, run)
+    return exact, best
+
+
+def _item(op, av) -> _Sets:
+    if op is LITERAL:
+        return frozenset([chr(av)]), frozenset([chr(av)])
+    if op is AT:
+        return frozenset([""]), None
+    if op is IN:
+        chars = [chr(v) for o, v in av if o is LITERAL]
+        if len(chars) == len(av) and len(chars) <= 16:
+            return frozenset(chars), frozenset(chars)
+        return None, None
+    if op is SUBPATTERN:
+        return _sequence(list(av[-1]))
+    if op is BRANCH:
+        parts = [_sequence(list(alt)) for alt in av[1]]
+        exact = None
+        if all(p[0] is not None for p in parts):
+            exact = frozenset().union(*(p[0] for p in parts))
+            exact = exact if len(exact) <= _MAX_REQUIRED else None
+        required = None
+        if all(p[1] for p in parts):
+            required = frozenset().union(*(p[1] for p in parts))
+            required = required if len(required) <= _MAX_REQUIRED_UNION else None
+        return exact, required
+    if op in (MAX_REPEAT, MIN_REPEAT):
+        low, high, body = av
+        inner = _sequence(list(body))
+        if low == 0:
+            return None, None
+        return (inner[0] if low == high == 1 else None), inner[1]
+    if op is ANY:
+        return None, None
+    return None, None
+
+
+def _better(a: frozenset[str] | None, b: frozenset[str] | None) -> frozenset[str] | None:
+    """The more selective prefilter set: longer shortest string, then fewer strings."""
+    if not b or "" in b:
+        return a
+    if not a:
+        return b
+    key_a, key_b = (min(map(len, a)), -len(a)), (min(map(len, b)), -len(b))
+    return b if key_b > key_a else a

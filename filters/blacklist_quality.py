@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-LISTS = ("advertising", "filenames", "watermark", "contact")
+LISTS = ("advertising", "call_to_action", "contact", "watermark", "filenames", "platform")
 
 
 @dataclass(frozen=True)
@@ -54,9 +54,9 @@ class Quality:
         return self.caught_by_list.get(list_name, 0) / n if n else 1.0
 
     def lines(self) -> list[str]:
-        out = [f"{'list':<12} {'junk':>5} {'recall':>7} {'rejects':>8} {'precision':>9}"]
+        out = [f"{'list':<14} {'junk':>5} {'recall':>7} {'rejects':>8} {'precision':>9}"]
         for name in LISTS:
-            out.append(f"{name:<12} {self.junk_by_list.get(name, 0):>5} {self.list_recall(name):>7.3f} "
+            out.append(f"{name:<14} {self.junk_by_list.get(name, 0):>5} {self.list_recall(name):>7.3f} "
                        f"{self.hits_by_list.get(name, 0):>8} {self.precision(name):>9.3f}")
         out.append(f"clean {self.clean}: false positives {len(self.false_positives)} "
                    f"({self.false_positive_rate:.2%}); junk {self.junk}: recall {self.recall:.2%}")

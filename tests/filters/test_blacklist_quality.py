@@ -56,7 +56,7 @@ def test_every_tricky_clean_caption_is_kept(rows, matcher):
     ("妈妈把面包邮寄给女儿", None), ("把书包邮寄给山区的孩子", None), ("一辆印着广告的公共汽车", None),
     ("他用微信和朋友视频聊天", None), ("门口有一个红色的邮箱", None),
     ("全国包邮 下单立减", "advertising"), ("满99包邮", "advertising"), ("图片仅供参考，以实物为准", "advertising"),
-    ("广告位招租", "advertising"), ("加微信领取福利", "advertising"), ("全场打折促销", "advertising"),
+    ("广告位招租", "advertising"), ("加微信领取福利", "contact"), ("全场打折促销", "advertising"),
     ("邮箱：a@b.com", "contact"),
 ])
 def test_narrowed_terms(matcher, caption, expected):
