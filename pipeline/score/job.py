@@ -32,7 +32,6 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils.shared import Shared
 from zhclip.pipeline.core import paths
 from zhclip.pipeline.core import report as R
@@ -45,6 +44,7 @@ from zhclip.pipeline.core.config import (
     config_from_dict,
     config_to_dict,
 )
+from zhclip.pipeline.core.runner import make_pipeline
 from zhclip.pipeline.core.spill import remove_spill, spill_folder
 from zhclip.pipeline.core.tags import TAG_COUNTS, TAG_REJECTS
 from zhclip.pipeline.score import embeddings as E
@@ -314,7 +314,7 @@ def run_score(cfg: Config, beam_args: list[str] | None = None,
     check_model_paths(cfg)
     started = time.time()
     remove_spill(cfg.output, "score")
-    with beam.Pipeline(options=PipelineOptions(beam_args or [])) as p:
+    with make_pipeline(beam_args) as p:
         build_pipeline(p, cfg, shards, eval_hashes)
     remove_spill(cfg.output, "score")
     report = json.loads(paths.read_text(paths.join(cfg.output, REPORT_DIR, REPORT_NAME)))
