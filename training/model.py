@@ -30,6 +30,7 @@ from torch import nn
 from transformers import BertConfig, BertModel
 from transformers.utils import logging as hf_logging
 from zhclip.pipeline.core.config import ConfigError
+from zhclip.training.attention import SDPA, bert_config
 from zhclip.training.config import ImageTowerConfig, TextTowerConfig, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -267,9 +268,12 @@ def load_bert(text: TextTowerConfig) -> BertModel:
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the checkpoint's unused pooler weights are expected
     try:
+        # SDPA attention (training.attention): FlashAttention kernels on CUDA
         if text.random_init:
-            return BertModel(BertConfig.from_pretrained(text.model), add_pooling_layer=False)
-        return BertModel.from_pretrained(text.model, add_pooling_layer=False)
+            return BertModel(bert_config(BertConfig.from_pretrained(text.model)),
+                             add_pooling_layer=False)
+        return BertModel.from_pretrained(text.model, add_pooling_layer=False,
+                                         attn_implementation=SDPA)
     except (OSError, ValueError) as err:  # HFValidationError is a ValueError
         raise ConfigError(
             f"train.text.model {text.model!r}: not a local folder or reachable hub name "
@@ -382,7 +386,7 @@ def build_model(cfg: TrainConfig) -> ChineseCLIP:
 def model_from_spec(spec: dict[str, Any]) -> ChineseCLIP:
     """Rebuild the architecture (random weights) from a saved spec, offline."""
     visual = image_tower_from_spec(spec["image"])
-    bert_cfg = BertConfig.from_dict(spec["text"]["bert_config"])
+    bert_cfg = bert_config(BertConfig.from_dict(spec["text"]["bert_config"]))
     bert = BertModel(bert_cfg, add_pooling_layer=False)
     return ChineseCLIP(visual, TextTower(bert, spec["embed_dim"]), copy.deepcopy(spec))
 

@@ -222,3 +222,16 @@ def test_init_from_each_format_gives_the_same_model(world, tmp_path):
     for name in ("cn_clip", "hf"):
         for ours, theirs in zip(feats["zhclip"], feats[name], strict=True):
             torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_zhclip_shards_fine_tune_as_a_users_own_data(world, tmp_path, capsys):
+    from zhclip.training.fixtures import write_shape_dataset
+
+    manifest = write_shape_dataset(tmp_path / "mine", n_train=40, n_val=12, per_shard=16)
+    assert _finetune(world, tmp_path / "o", "--set", "train.finetune.max_steps=2",
+                     data=tmp_path / "mine") == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["data_format"] == "shards" and result["step"] == 2
+    assert result["pairs"] == manifest["splits"]["train"]["samples"] == 40
+    assert [h["step"] for h in result["history"]] == [0, 2]  # before, and at the last step
+    assert (tmp_path / "o" / "export.pt").is_file()
