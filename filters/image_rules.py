@@ -21,6 +21,7 @@ from zhclip.pipeline.core.reasons import (
     REASON_DECODE_ERROR,
     REASON_LOW_SIMILARITY,
     REASON_TEST_OVERLAP,
+    REASON_UNSAFE_IMAGE,
 )
 
 # Separates the image hash from the caption in url_caption dedup keys.
@@ -62,6 +63,17 @@ def threshold_reason(source: str | None, score: float | None,
     if score is None or (isinstance(score, float) and math.isnan(score)):
         return REASON_LOW_SIMILARITY
     return REASON_LOW_SIMILARITY if score < thresholds[source] else None
+
+
+def safety_reason(class_scores: Mapping[str, float], classes: list[str],
+                  threshold: float) -> tuple[str | None, str | None]:
+    """(``unsafe_image``, the classes found with their confidence) when any of
+    ``classes`` scores ``threshold`` or more; (None, None) to keep."""
+    found = sorted((c for c in classes if class_scores.get(c, 0.0) >= threshold),
+                   key=lambda c: (-class_scores[c], c))
+    if not found:
+        return None, None
+    return REASON_UNSAFE_IMAGE, ", ".join(f"{c} {class_scores[c]:.2f}" for c in found)
 
 
 def image_dedup_key(sha256: str, source: str, caption: str | None,

@@ -215,6 +215,19 @@ class DownloadConfig(_Strict):
 DEFAULT_THRESHOLDS: dict[str, float] = {"laion": 0.26}
 
 
+class SafetyConfig(_Strict):
+    enabled: bool = False
+    """Score every image that passed the other stage-3 rules with NudeNet's detector (pip install 'zhclip[safety]'); off as in the paper."""
+    threshold: float = Field(0.6, gt=0.0, le=1.0)
+    """Reject as unsafe_image when any listed class is detected at this confidence or above."""
+    classes: list[str] = Field(default_factory=lambda: [
+        "FEMALE_BREAST_EXPOSED", "FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED",
+        "BUTTOCKS_EXPOSED", "ANUS_EXPOSED"])
+    """NudeNet classes that count as unsafe; the detected ones go to the reject's matched column."""
+    batch_size: int = Field(32, ge=1)
+    """Images per detector call."""
+
+
 class ScoreConfig(_Strict):
     backend: Literal["mclip", "precomputed", "zhclip"] = "mclip"
     """mclip: M-CLIP text + CLIP image tower; precomputed: the source's similarity column; zhclip: your trained export."""
@@ -244,6 +257,8 @@ class ScoreConfig(_Strict):
     """Processes that decode + CLIP-preprocess the next batch while the model runs; null: auto (CPU cores minus torch threads), 0: in one thread, as before."""
     save_embeddings: bool = False
     """Keep the L2-normalised image and text embeddings scoring computes: OUT/embeddings/{img_emb,text_emb,metadata}/, one file each per final shard in clip-retrieval's layout (autofaiss reads it as-is; `zhclip search` answers from it). Needs a model backend, not precomputed."""
+    safety: SafetyConfig = Field(default_factory=SafetyConfig)
+    """Optional image-safety rule (unsafe_image), run last, on images that survived the cheaper rules."""
 
 
 class ShardsConfig(_Strict):

@@ -39,6 +39,8 @@ REASON_WATERMARK = "watermark"
 REASON_NEAR_DUPLICATE_IMAGE = "near_duplicate_image"
 # A flat or near-flat picture (solid colour, placeholder): too little structure to hash.
 REASON_BLANK_IMAGE = "blank_image"
+# score.safety: NudeNet found a configured class at the threshold (classes in matched).
+REASON_UNSAFE_IMAGE = "unsafe_image"
 REASON_BAD_REGION = "bad_region"  # a region box that leaves no pixels in the downloaded image
 BLACKLIST_PREFIX = "blacklist"
 DOWNLOAD_PREFIX = "download"

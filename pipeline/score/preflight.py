@@ -48,6 +48,10 @@ def check_model_paths(cfg: Config) -> None:
     from zhclip.pipeline.score.backends import available_backends
 
     sc = cfg.score
+    if sc.safety.enabled:  # loads the detector once here, so a missing extra is one line
+        from zhclip.pipeline.score.safety import load_safety_model
+
+        load_safety_model(sc.safety)
     if sc.backend not in available_backends():
         raise ConfigError(f"score.backend {sc.backend!r}: available {available_backends()}")
     if sc.backend == "precomputed":

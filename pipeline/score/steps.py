@@ -31,6 +31,7 @@ from zhclip.filters.near_duplicates import colour_signature
 from zhclip.pipeline.core import reasons as RS
 from zhclip.pipeline.core import schema as S
 from zhclip.pipeline.score import embeddings as E
+from zhclip.pipeline.score.safety import load_safety_model
 from zhclip.pipeline.shards import downloads as DL
 from zhclip.pipeline.shards import format as SH
 
@@ -281,6 +282,8 @@ class ShardScorer:
         self._procs: ProcessPoolExecutor | None = None
         self.device_decode = self._want_device_decode(device_decode)
         self.pairs_scored = 0
+        # score.safety: NudeNet's detector, run last on what the cheaper rules kept.
+        self.safety = load_safety_model(getattr(score_cfg, "safety", None))
         # Kept records carry their float16 embeddings (embeddings.py writes them per shard).
         self.save_embeddings = bool(getattr(score_cfg, "save_embeddings", False))
         if self.save_embeddings and not hasattr(scorer, "score_and_embed"):
@@ -433,6 +436,7 @@ class ShardScorer:
                 **extra,
             )
         self.pairs_scored += len(ok)
+        start = len(result.kept)
         for j, (p, value) in enumerate(zip(ok, values, strict=True)):
             score = None if math.isnan(value) else round(float(value), SCORE_DECIMALS)
             if score is not None:
@@ -445,3 +449,5 @@ class ShardScorer:
                 if embedded is not None:
                     record.update(E.record_fields(embedded[0][j], embedded[1][j]))
                 result.kept.append(record)
+        if self.safety is not None:
+            self.safety.judge(result, start)
