@@ -4,14 +4,17 @@ Stage 1 screens millions of captions, so nearly all work is vectorised and only
 captions holding a ``word:`` term reach Python:
 
 1. Candidate rows: one RE2 pass (``pyarrow.compute.match_substring_regex``)
-   over an alternation of every literal term and every regex entry; then, on
-   the candidates only, polars' Aho-Corasick ``str.contains_any`` for the
-   literal terms (substring and word entries, ASCII case-insensitive) and RE2
-   for the regex entries.
-2. Which entries hit, on candidate rows only: ``str.find_many`` /
-   ``str.extract_many`` list every literal occurrence with its byte offset;
-   regex entries are narrowed down a tree of smaller RE2 alternations, and a
-   regex hit's offset is extracted only where a row has more than one hit.
+   over an alternation of screening strings: every literal term, and for each
+   regex entry the strings one of which its every match must hold
+   (``required_literals``: ``点击|长按`` for ``(?:点击|长按)\\s*(?:查看|打开)``). Only
+   the few regexes without such strings join the alternation as regexes:
+   RE2's DFA would run out of memory on hundreds of rich rules at once.
+2. Which entries hit, on candidate rows only: polars' Aho-Corasick
+   ``str.find_many`` / ``str.extract_many`` list every literal occurrence with
+   its byte offset, including the screening strings, which name the regexes to
+   try on each row; each such regex then runs once, on its rows only.
+   Unscreened regexes are narrowed down a tree of smaller RE2 alternations,
+   and a regex hit's offset is extracted only where a row has more than one hit.
 3. A word entry counts only where jieba (HMM off, so the dictionary alone
    decides) makes the occurrence one whole token. jieba runs only on rows
    where such an occurrence would beat every other hit of the row.
@@ -19,8 +22,8 @@ captions holding a ``word:`` term reach Python:
 The reason is ``blacklist:<list>:<term>`` (for a regex, ``<term>`` is the
 entry's short name) of the hit starting earliest in the caption; hits starting at the same offset go to the entry listed first.
 
-RE2 is the only regex engine here (Python's ``re`` only validates patterns at
-load time), so ``match_one`` and ``match_array`` agree by construction:
+RE2 is the only regex engine here (Python's ``re`` only validates patterns and reads
+their syntax trees for the screening strings), so ``match_one`` and ``match_array`` agree:
 ``match_one`` is ``match_array`` on a column of one.
 """
 
@@ -33,9 +36,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from zhclip.blacklist.loader import BlacklistEntry, load_entries
+from zhclip.filters.blacklist_hits import NO_ENTRY, Hits, first_per_row, scatter
 from zhclip.filters.blacklist_patterns import (
     ascii_lower,
+    case_variants,
     literal_alternatives,
+    minimal_strings,
     re2_literal,
     required_literals,
     without_captures,
@@ -43,7 +49,6 @@ from zhclip.filters.blacklist_patterns import (
 from zhclip.filters.jieba_words import jieba_words
 from zhclip.pipeline.core.reasons import blacklist_reason
 
-_NO_ENTRY = np.iinfo(np.int64).max
 # Entries per node of the tree that tells which regex entry hit a row; each
 # node is one RE2 pass over the rows its parent passed on.
 _REGEX_FANOUT = 3
@@ -124,7 +129,7 @@ class BlacklistMatcher:
         screened: dict[int, list[str]] = {}
         self._untriggered: list[int] = []
         for i in regex_ids:
-            found = _case_variants(required_literals(self._regex_bodies[i]))
+            found = case_variants(required_literals(self._regex_bodies[i]))
             if found is None:
                 self._untriggered.append(i)
             else:
@@ -132,18 +137,18 @@ class BlacklistMatcher:
         # A row holding a screening string holds every shorter one inside it,
         # so each regex is screened by the minimal strings of all of them:
         # fewer strings make the literal passes cheaper.
-        minimal = _minimal_strings([t for found in screened.values() for t in found])
+        minimal = minimal_strings([t for found in screened.values() for t in found])
         triggers: dict[str, list[int]] = {}
         for i, found in screened.items():
             for literal in {m for t in found for m in minimal if m in t}:
                 triggers.setdefault(literal, []).append(i)
         self._literals = sorted(first_substring.keys() | first_word.keys() | triggers.keys())
         self._literal_substring_id = np.array(
-            [first_substring.get(t, _NO_ENTRY) for t in self._literals], dtype=np.int64
+            [first_substring.get(t, NO_ENTRY) for t in self._literals], dtype=np.int64
         )
         self._literal_word_id = np.array(
             [
-                w if (w := first_word.get(t, _NO_ENTRY)) < first_substring.get(t, _NO_ENTRY) else _NO_ENTRY
+                w if (w := first_word.get(t, NO_ENTRY)) < first_substring.get(t, NO_ENTRY) else NO_ENTRY
                 for t in self._literals
             ],
             dtype=np.int64,
@@ -154,7 +159,7 @@ class BlacklistMatcher:
         self._trigger_regex = np.array([i for _, i in pairs], dtype=np.int64)
         self._literal_array = pa.array(self._literals, type=pa.string())
         # The candidate pass needs only the strings that hold no other one.
-        self._screen = _minimal_strings(self._literals)
+        self._screen = minimal_strings(self._literals)
         parts = [re2_literal(t) for t in self._screen] + [
             f"(?:{self._regex_bodies[i]})" for i in self._untriggered
         ]
@@ -187,10 +192,10 @@ class BlacklistMatcher:
             return pa.nulls(n, type=pa.string())
         texts = array.take(pa.array(candidates))
         literal_hits, triggered = self._literal_hits(texts)
-        hits = _Hits.concat(literal_hits, self._regex_hits(texts, triggered))
+        hits = Hits.concat(literal_hits, self._regex_hits(texts, triggered))
         best = self._best_per_row(texts, hits, len(candidates))
-        found = best != _NO_ENTRY
-        return _scatter(self._reasons.take(pa.array(best[found])), candidates[found], n)
+        found = best != NO_ENTRY
+        return scatter(self._reasons.take(pa.array(best[found])), candidates[found], n)
 
     def matched_texts(self, captions: pa.Array | pa.ChunkedArray,
                       reasons: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -207,10 +212,10 @@ class BlacklistMatcher:
         entry_of = {}
         for entry_id, reason in enumerate(self._reasons.to_pylist()):
             entry_of.setdefault(reason, entry_id)
-        ids = np.array([entry_of.get(r, _NO_ENTRY) if r is not None else _NO_ENTRY
+        ids = np.array([entry_of.get(r, NO_ENTRY) if r is not None else NO_ENTRY
                         for r in reasons.to_pylist()], dtype=np.int64)
         rows_out, texts_out = [], []
-        for entry_id in np.unique(ids[ids != _NO_ENTRY]):
+        for entry_id in np.unique(ids[ids != NO_ENTRY]):
             rows = np.flatnonzero(ids == entry_id)
             entry = self._entries[int(entry_id)]
             # a literal-only regex is matched as literals, so it has no kept body
@@ -221,7 +226,7 @@ class BlacklistMatcher:
             texts_out.append(found.field("m").cast(pa.string()))
         if not rows_out:
             return pa.nulls(n, type=pa.string())
-        return _scatter(pa.concat_arrays(texts_out), np.concatenate(rows_out), n)
+        return scatter(pa.concat_arrays(texts_out), np.concatenate(rows_out), n)
 
     # ------------------------------------------------------ candidate rows
 
@@ -253,13 +258,13 @@ class BlacklistMatcher:
 
     # ------------------------------------------------------------ hit tables
 
-    def _literal_hits(self, texts: pa.Array) -> tuple[_Hits, tuple[np.ndarray, np.ndarray]]:
+    def _literal_hits(self, texts: pa.Array) -> tuple[Hits, tuple[np.ndarray, np.ndarray]]:
         """Every literal occurrence in ``texts``: (row, byte offset, entry) hits of
         the literal entries, and the (row, regex id) pairs whose regex a
         screening string of the row calls for."""
         none = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
         if not self._literals or len(texts) == 0:
-            return _Hits.empty(), none
+            return Hits.empty(), none
         series = _polars(texts)
         starts = series.str.find_many(self._literals, ascii_case_insensitive=True, overlapping=True)
         matched = series.str.extract_many(self._literals, ascii_case_insensitive=True, overlapping=True)
@@ -272,7 +277,7 @@ class BlacklistMatcher:
             raise RuntimeError("polars find_many and extract_many disagree on the literal hits")
         term_index = term_index.to_numpy(zero_copy_only=False)
         row_of = np.repeat(np.arange(len(texts), dtype=np.int64), per_row)
-        hits = _Hits(
+        hits = Hits(
             rows=np.concatenate([row_of, row_of]),
             starts=np.concatenate([offsets, offsets]),
             entries=np.concatenate(
@@ -306,7 +311,7 @@ class BlacklistMatcher:
         keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
         return keys % width, keys // width
 
-    def _regex_hits(self, texts: pa.Array, triggered: tuple[np.ndarray, np.ndarray]) -> _Hits:
+    def _regex_hits(self, texts: pa.Array, triggered: tuple[np.ndarray, np.ndarray]) -> Hits:
         """Which regex entries hit ``texts``; offsets come later, where needed.
 
         A screened regex runs only on the rows that hold one of its strings
@@ -340,16 +345,16 @@ class BlacklistMatcher:
                     if len(inside):
                         pending.append((inside, group))
         if not found_rows:
-            return _Hits.empty()
+            return Hits.empty()
         found = np.concatenate(found_rows)
-        return _Hits(
+        return Hits(
             rows=found,
             starts=np.full(len(found), -1, dtype=np.int64),
             entries=np.concatenate(found_ids),
             words=np.zeros(len(found), dtype=bool),
         )
 
-    def _place_regex_hits(self, texts: pa.Array, hits: _Hits) -> None:
+    def _place_regex_hits(self, texts: pa.Array, hits: Hits) -> None:
         """Fill in byte offsets of regex hits in rows that have other hits too."""
         unplaced = hits.starts < 0
         if not unplaced.any():
@@ -363,9 +368,9 @@ class BlacklistMatcher:
             prefixes = pc.extract_regex(texts.take(pa.array(hits.rows[where])), pattern=pattern)
             hits.starts[where] = pc.binary_length(prefixes.field("pre")).to_numpy(zero_copy_only=False)
 
-    def _best_per_row(self, texts: pa.Array, hits: _Hits, n_rows: int) -> np.ndarray:
-        """Entry id of each row's winning hit, or _NO_ENTRY."""
-        best = np.full(n_rows, _NO_ENTRY, dtype=np.int64)
+    def _best_per_row(self, texts: pa.Array, hits: Hits, n_rows: int) -> np.ndarray:
+        """Entry id of each row's winning hit, or NO_ENTRY."""
+        best = np.full(n_rows, NO_ENTRY, dtype=np.int64)
         if len(hits.rows) == 0:
             return best
         self._place_regex_hits(texts, hits)
@@ -374,7 +379,7 @@ class BlacklistMatcher:
         entries, words = hits.entries[order], hits.words[order]
         # Winner among the certain hits (everything but word entries).
         certain = ~words
-        first = _first_per_row(rows[certain])
+        first = first_per_row(rows[certain])
         best[rows[certain][first]] = entries[certain][first]
         best_start = np.full(n_rows, np.iinfo(np.int64).max, dtype=np.int64)
         best_start[rows[certain][first]] = starts[certain][first]
@@ -413,74 +418,6 @@ class BlacklistMatcher:
         return "|".join(f"(?:{self._regex_bodies[i]})" for i in ids)
 
 
-class _Hits:
-    """Parallel arrays: one element per (row, entry) hit."""
-
-    def __init__(self, rows: np.ndarray, starts: np.ndarray, entries: np.ndarray, words: np.ndarray):
-        self.rows, self.starts, self.entries, self.words = rows, starts, entries, words
-
-    @classmethod
-    def empty(cls) -> _Hits:
-        return cls(*(np.zeros(0, dtype=np.int64) for _ in range(3)), np.zeros(0, dtype=bool))
-
-    @classmethod
-    def concat(cls, *parts: _Hits) -> _Hits:
-        return cls(
-            np.concatenate([p.rows for p in parts]),
-            np.concatenate([p.starts for p in parts]),
-            np.concatenate([p.entries for p in parts]),
-            np.concatenate([p.words for p in parts]),
-        )
-
-    def without_missing_entries(self) -> _Hits:
-        keep = self.entries != _NO_ENTRY
-        return _Hits(self.rows[keep], self.starts[keep], self.entries[keep], self.words[keep])
-
-
-def _minimal_strings(strings: Sequence[str]) -> list[str]:
-    """``strings`` less every one that holds another: a text holds one of the
-    rest exactly when it holds one of them all."""
-    kept: list[str] = []
-    for text in sorted(set(strings), key=len):
-        if not any(other in text for other in kept):
-            kept.append(text)
-    return sorted(kept)
-
-
-def _case_variants(strings: Sequence[str] | None) -> list[str] | None:
-    """Folded ``strings`` plus the spellings RE2's case folding also accepts
-    and an ASCII fold does not (K for k, long s for s); None for None.
-
-    The screen is an ASCII-folding literal pass, the regex is RE2 with
-    Unicode folding: without these a caption with a Kelvin sign would skip a
-    regex that matches it.
-    """
-    if strings is None:
-        return None
-    out: list[str] = []
-    for text in strings:
-        if any(not ch.isascii() and ch.lower() != ch.upper() for ch in text):
-            return None  # a cased letter beyond ASCII: leave this regex unscreened
-        variants = [""]
-        for ch in ascii_lower(text):
-            variants = [v + alt for v in variants for alt in _UNICODE_FOLDS.get(ch, ch)]
-        if len(variants) > _MAX_CASE_VARIANTS:
-            return None
-        out.extend(variants)
-    return out
-
-
-_UNICODE_FOLDS = {"k": ("k", "\u212a"), "s": ("s", "\u017f")}
-_MAX_CASE_VARIANTS = 8
-
-
-def _first_per_row(sorted_rows: np.ndarray) -> np.ndarray:
-    """Index of the first element of each run of equal values."""
-    if len(sorted_rows) == 0:
-        return np.zeros(0, dtype=np.int64)
-    return np.flatnonzero(np.concatenate([[True], sorted_rows[1:] != sorted_rows[:-1]]))
-
-
 def _polars(array: pa.Array) -> Any:
     import polars as pl
 
@@ -503,10 +440,3 @@ def _as_string_array(captions: pa.Array | pa.ChunkedArray) -> pa.Array:
     if not (pa.types.is_string(captions.type) or pa.types.is_large_string(captions.type)):
         raise TypeError(f"captions must be a string column, got {captions.type}")
     return captions
-
-
-def _scatter(values: pa.Array, rows: np.ndarray, n: int) -> pa.Array:
-    """A length-``n`` string array holding ``values[k]`` at ``rows[k]``, null elsewhere."""
-    index = np.full(n, -1, dtype=np.int64)
-    index[rows] = np.arange(len(rows), dtype=np.int64)
-    return values.take(pa.array(index, mask=index < 0))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 # Python's own regex parser: only the prefilter (required_literals) reads syntax trees.
 import re._parser as _sre_parser
+from collections.abc import Sequence
 from re._constants import ANY, AT, BRANCH, IN, LITERAL, MAX_REPEAT, MIN_REPEAT, SUBPATTERN
 
 
@@ -266,3 +267,40 @@ def _better(a: frozenset[str] | None, b: frozenset[str] | None) -> frozenset[str
         return b
     key_a, key_b = (min(map(len, a)), -len(a)), (min(map(len, b)), -len(b))
     return b if key_b > key_a else a
+
+
+def minimal_strings(strings: Sequence[str]) -> list[str]:
+    """``strings`` less every one that holds another: a text holds one of the
+    rest exactly when it holds one of them all."""
+    kept: list[str] = []
+    for text in sorted(set(strings), key=len):
+        if not any(other in text for other in kept):
+            kept.append(text)
+    return sorted(kept)
+
+
+def case_variants(strings: Sequence[str] | None) -> list[str] | None:
+    """Folded ``strings`` plus the spellings RE2's case folding also accepts
+    and an ASCII fold does not (K for k, long s for s); None for None.
+
+    The screen is an ASCII-folding literal pass, the regex is RE2 with
+    Unicode folding: without these a caption with a Kelvin sign would skip a
+    regex that matches it.
+    """
+    if strings is None:
+        return None
+    out: list[str] = []
+    for text in strings:
+        if any(not ch.isascii() and ch.lower() != ch.upper() for ch in text):
+            return None  # a cased letter beyond ASCII: leave this regex unscreened
+        variants = [""]
+        for ch in ascii_lower(text):
+            variants = [v + alt for v in variants for alt in _UNICODE_FOLDS.get(ch, ch)]
+        if len(variants) > _MAX_CASE_VARIANTS:
+            return None
+        out.extend(variants)
+    return out
+
+
+_UNICODE_FOLDS = {"k": ("k", "\u212a"), "s": ("s", "\u017f")}
+_MAX_CASE_VARIANTS = 8
