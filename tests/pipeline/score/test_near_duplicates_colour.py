@@ -3,10 +3,14 @@ copies merge, colour variants of the same photo stay, flat pictures are blank_im
 
 from __future__ import annotations
 
+import json
+
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from PIL import Image
 from zhclip.filters import near_duplicate_pairs as NP
+from zhclip.pipeline.cli import main as cli_main
 from zhclip.pipeline.core import reasons as RS
 from zhclip.pipeline.core import schema as S
 from zhclip.pipeline.core.config import config_from_dict
@@ -16,14 +20,16 @@ from zhclip.pipeline.shards import format as SH
 
 
 def _cfg(out, **score):
-    return config_from_dict(
-        {
-            "output": str(out),
-            "score": {"backend": "precomputed", **score},
-            "sources": [{"name": "wukong", "kind": "wukong", "paths": ["x"]}],
-            "shards": {"samples_per_shard": 8, "val_fraction": 0.0},
-        }
-    )
+    return config_from_dict(_cfg_dict(out, **score))
+
+
+def _cfg_dict(out, **score) -> dict:
+    return {
+        "output": str(out),
+        "score": {"backend": "precomputed", **score},
+        "sources": [{"name": "wukong", "kind": "wukong", "paths": ["x"]}],
+        "shards": {"samples_per_shard": 8, "val_fraction": 0.0},
+    }
 
 
 def _rows() -> list[Row]:
@@ -61,7 +67,10 @@ def test_copies_merge_colour_variants_stay_flat_pictures_are_blank(tmp_path):
     rows = _rows()
     write_download_shard(tmp_path / SH.DOWNLOADS_DIR, "00000", rows[:6], seed=1)
     write_download_shard(tmp_path / SH.DOWNLOADS_DIR, "00001", rows[6:], seed=2)
-    report = run_score(_cfg(tmp_path, near_duplicate_distance=8), [])
+    cfg = tmp_path / "score.yaml"
+    cfg.write_text(yaml.safe_dump(_cfg_dict(tmp_path, near_duplicate_distance=8)))
+    assert cli_main(["score", "--config", str(cfg), "--quiet"]) == 0  # a real `zhclip score`
+    report = json.loads((tmp_path / "report" / "score.json").read_text())
     kept = sorted(SH.read_dataset_table(str(tmp_path / SH.DATASET_DIR)).column(S.KEY).to_pylist())
     assert kept == ["wukong_a0", "wukong_c0", "wukong_v0", "wukong_v1", "wukong_v2"]
     t = pq.read_table(tmp_path / "rejects" / "score-00000.parquet")
