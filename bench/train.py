@@ -9,12 +9,17 @@ either side, so the models and the loops are compared, not JPEG decoding):
 
 - zhclip stage 1: ``Trainer._step`` with the image tower locked (LiT);
 - zhclip stage 2: ``Trainer._step`` with everything trained;
-- open_clip: ``open_clip_train.train.train_one_epoch`` on an open_clip CLIP
-  with the same vision tower and the closest text tower open_clip has: its own
-  text transformer at the BERT's width, depth, heads, vocab and context length.
+- open_clip: ``open_clip_train.train.train_one_epoch`` on an open_clip CLIP with
+  identical towers: the same vision config, and the same BERT through open_clip's
+  Hugging Face text tower (``text_cfg.hf_model_name`` = the local BERT folder,
+  ``[CLS]`` pooling, linear projection), on the same images and token ids;
+- zhclip stage 2 with eager attention: both towers switched from
+  ``scaled_dot_product_attention`` to the explicit softmax(QK^T)V path
+  (``training.attention.set_attention``), same weights, same batch.
 
-Printed ratios: zhclip stage 2 / open_clip (target >= 1.0 on CUDA) and stage 1 /
-stage 2 (target >= 1.8 on CUDA). Weights are random; towers are built from
+Printed ratios: zhclip stage 2 / open_clip (target >= 1.0 on CUDA), stage 1 /
+stage 2 (target >= 1.8 on CUDA), and SDPA / eager attention for stage 2
+(``--only sdpa`` times just that pair). Weights are random; towers are built from
 configs through the same loaders as real weights; nothing is downloaded.
 Runs alternate (A B C A B C ...) and the median is reported, because this
 machine's cores are shared.
@@ -37,6 +42,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+from zhclip.training.attention import EAGER, SDPA, set_attention  # noqa: E402
 from zhclip.training.fixtures import all_captions, write_shape_dataset, write_vocab  # noqa: E402
 
 SMALL_VIT = {"image_size": 224, "layers": 4, "width": 256, "patch_size": 32, "head_width": 64}
@@ -110,28 +116,31 @@ class _Batches:
             yield self.images, self.texts
 
 
-def open_clip_setup(vision: dict, bert_shape: dict, batch: int, device: torch.device, cuda: bool):
+def open_clip_setup(vision: dict, bert: Path, batch: dict, device: torch.device, cuda: bool):
+    """open_clip's CLIP with the same towers: the vision config zhclip builds, and the same
+    BERT (from the same local config, through open_clip's HF adapter with zhclip's [CLS]
+    pooling and linear projection), fed the same images and token ids."""
     from open_clip.loss import ClipLoss
-    from open_clip.model import CLIP
+    from open_clip.model import CustomTextCLIP
 
-    text_cfg = {"context_length": 50, "vocab_size": 21128, "width": bert_shape["hidden_size"],
-                "heads": bert_shape["num_attention_heads"], "layers": bert_shape["num_hidden_layers"]}
-    model = CLIP(vision["embed_dim"], vision["vision_cfg"], text_cfg, output_dict=True).to(device)
+    text_cfg = {"hf_model_name": str(bert), "hf_tokenizer_name": str(bert),
+                "hf_model_pretrained": False, "hf_proj_type": "linear",
+                "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": 50}
+    model = CustomTextCLIP(vision["embed_dim"], vision["vision_cfg"], text_cfg,
+                           output_dict=True).to(device)
     params = [{"params": [p for n, p in model.named_parameters() if p.ndim >= 2 and "logit" not in n],
                "weight_decay": 1e-3},
               {"params": [p for n, p in model.named_parameters() if p.ndim < 2 or "logit" in n],
                "weight_decay": 0.0}]
     opt = torch.optim.AdamW(params, lr=1e-5, betas=(0.9, 0.98), eps=1e-6, fused=cuda or None)
-    size = vision["vision_cfg"]["image_size"]
-    images = torch.randn(batch, 3, size, size, device=device)
-    texts = torch.randint(1, 21128, (batch, 50), device=device)
     args = SimpleNamespace(
         device=str(device), precision="amp_bf16" if cuda else "fp32", distill=False, accum_freq=1,
         skip_scheduler=True, horovod=False, grad_clip_norm=None, log_every_n_steps=10**9,
-        world_size=1, rank=0, local_rank=0, batch_size=batch, wandb=False, save_logs=False,
-        distributed=False, val_frequency=0, delete_previous_checkpoint=False,
+        world_size=1, rank=0, local_rank=0, batch_size=batch["images"].shape[0], wandb=False,
+        save_logs=False, distributed=False, val_frequency=0, delete_previous_checkpoint=False,
     )
-    return model, ClipLoss(), opt, images, texts, args
+    # open_clip's HF adapter masks attention by pad_token_id (0, [PAD]), as zhclip's mask does
+    return model, ClipLoss(), opt, batch["images"], batch["input_ids"], args
 
 
 def time_zhclip(trainer, stage: int, batch: dict, steps: int, cuda: bool) -> float:
@@ -170,6 +179,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=None, help="timed steps per run (default 3 / 20)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", choices=("all", "sdpa"), default="all",
+                    help="sdpa: time only stage 2 with SDPA against eager attention")
     a = ap.parse_args()
     if a.cuda and not torch.cuda.is_available():
         print("--cuda: no CUDA device here; not run", file=sys.stderr)
@@ -183,19 +194,31 @@ def main() -> int:
         image, bert, vision = write_towers(root, a.cuda)
         trainer = zhclip_trainer(root, image, bert, batch, a.cuda)
         data = make_batch(trainer, batch, device)
-        oc = open_clip_setup(vision, BASE_BERT if a.cuda else SMALL_BERT, batch, device, a.cuda)
-        runs: dict[str, list[float]] = {"zhclip_stage1": [], "zhclip_stage2": [], "open_clip": []}
+        oc = open_clip_setup(vision, bert, data, device, a.cuda)
+        runs: dict[str, list[float]] = {"zhclip_stage2": [], "stage2_eager": []}
+        if a.only == "all":
+            runs.update({"zhclip_stage1": [], "open_clip": []})
         for _ in range(a.repeats):
-            runs["zhclip_stage1"].append(time_zhclip(trainer, 1, data, steps, a.cuda))
+            if a.only == "all":
+                runs["zhclip_stage1"].append(time_zhclip(trainer, 1, data, steps, a.cuda))
             runs["zhclip_stage2"].append(time_zhclip(trainer, 2, data, steps, a.cuda))
-            runs["open_clip"].append(time_open_clip(oc, steps, a.cuda))
+            set_attention(trainer.model, EAGER)  # the stage is re-entered: a fresh optimizer
+            runs["stage2_eager"].append(time_zhclip(trainer, 2, data, steps, a.cuda))
+            set_attention(trainer.model, SDPA)
+            if a.only == "all":
+                runs["open_clip"].append(time_open_clip(oc, steps, a.cuda))
     med = {k: statistics.median(v) for k, v in runs.items()}
     mode = "CUDA bf16 ViT-B/16 + RoBERTa-base" if a.cuda else "CPU fp32 small ViT/32 + 4-layer BERT-256"
     print(f"{mode}, batch {batch}, {steps} steps x {a.repeats} repeats (median samples/s)")
     for k, v in med.items():
         print(f"  {k:14s} {v:10.1f}   runs: {', '.join(f'{x:.1f}' for x in runs[k])}")
-    print(f"ratio zhclip stage 2 / open_clip: {med['zhclip_stage2'] / med['open_clip']:.2f}x")
-    print(f"ratio zhclip stage 1 / stage 2:   {med['zhclip_stage1'] / med['zhclip_stage2']:.2f}x")
+    if a.only == "all":
+        print(f"ratio zhclip stage 2 / open_clip: {med['zhclip_stage2'] / med['open_clip']:.2f}x")
+        print(f"ratio zhclip stage 1 / stage 2:   {med['zhclip_stage1'] / med['zhclip_stage2']:.2f}x")
+    # each repeat times the pair back to back, so the ratio of a pair sees the same machine
+    pairs = [s / e for s, e in zip(runs["zhclip_stage2"], runs["stage2_eager"], strict=True)]
+    print(f"ratio SDPA / eager attention (stage 2): {statistics.median(pairs):.2f}x "
+          f"(median of {len(pairs)} back-to-back pairs: {', '.join(f'{r:.2f}' for r in pairs)})")
     if a.cuda:
         print(f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     return 0
