@@ -134,18 +134,21 @@ def bench_training(root: Path, small: bool, cuda: bool) -> dict[str, Any]:
         # bench/train.py's CPU towers, shrunk further: seconds, not minutes, in CI.
         train_bench.SMALL_VIT.update(TINY_VIT)
         train_bench.SMALL_BERT.update(TINY_BERT)
-    bert_shape = train_bench.SMALL_BERT if small else train_bench.BASE_BERT
     image, bert, vision = train_bench.write_towers(root, cuda=not small)
     trainer = train_bench.zhclip_trainer(root, image, bert, batch, cuda)
     device = torch.device("cuda" if cuda else "cpu")
     data = train_bench.make_batch(trainer, batch, device)
-    oc = train_bench.open_clip_setup(vision, bert_shape, batch, device, cuda)
+    oc = train_bench.open_clip_setup(vision, bert, data, device, cuda)  # identical towers
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    runs: dict[str, list[float]] = {"zhclip_stage1": [], "zhclip_stage2": [], "open_clip": []}
+    runs: dict[str, list[float]] = {"zhclip_stage1": [], "zhclip_stage2": [], "open_clip": [],
+                                    "stage2_eager": []}
     for _ in range(repeats):  # alternating, so drift from other load hits every side alike
         runs["zhclip_stage1"].append(train_bench.time_zhclip(trainer, 1, data, steps, cuda))
         runs["zhclip_stage2"].append(train_bench.time_zhclip(trainer, 2, data, steps, cuda))
+        train_bench.set_attention(trainer.model, train_bench.EAGER)  # SDPA's baseline
+        runs["stage2_eager"].append(train_bench.time_zhclip(trainer, 2, data, steps, cuda))
+        train_bench.set_attention(trainer.model, train_bench.SDPA)
         runs["open_clip"].append(train_bench.time_open_clip(oc, steps, cuda))
     med = {k: sorted(v)[len(v) // 2] for k, v in runs.items()}
     return {"batch_size": batch, "steps": steps, "repeats": repeats,
@@ -155,6 +158,7 @@ def bench_training(root: Path, small: bool, cuda: bool) -> dict[str, Any]:
             **{f"{k}_samples_per_s": round(v, 2) for k, v in med.items()},
             "zhclip_over_open_clip": round(med["zhclip_stage2"] / med["open_clip"], 4),
             "stage1_over_stage2": round(med["zhclip_stage1"] / med["zhclip_stage2"], 4),
+            "sdpa_over_eager": round(med["zhclip_stage2"] / med["stage2_eager"], 4),
             "gpu_memory_gib": _gib(cuda)}
 
 
