@@ -134,13 +134,11 @@ class BlacklistMatcher:
                 self._untriggered.append(i)
             else:
                 screened[i] = found
-        # A row holding a screening string holds every shorter one inside it,
-        # so each regex is screened by the minimal strings of all of them:
-        # fewer strings make the literal passes cheaper.
-        minimal = minimal_strings([t for found in screened.values() for t in found])
+        # A regex's strings that hold another of its strings add nothing. (Not
+        # across regexes: "_19" of a date rule must not become "1" of another.)
         triggers: dict[str, list[int]] = {}
         for i, found in screened.items():
-            for literal in {m for t in found for m in minimal if m in t}:
+            for literal in minimal_strings(found):
                 triggers.setdefault(literal, []).append(i)
         self._literals = sorted(first_substring.keys() | first_word.keys() | triggers.keys())
         self._literal_substring_id = np.array(

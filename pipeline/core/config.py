@@ -119,7 +119,7 @@ class CaptionFilterConfig(_Strict):
 
 class BlacklistConfig(_Strict):
     lists: list[str] = Field(default_factory=lambda: ["builtin"])
-    """Shipped lists: builtin (all), or any of advertising, filenames, watermark, contact."""
+    """Shipped lists: builtin (all), or any of advertising, call_to_action, contact, watermark, filenames, platform."""
     extra_files: list[str] = Field(default_factory=list)
     """Your own list files, same format; the list name is the file stem."""
 
