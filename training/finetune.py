@@ -80,9 +80,10 @@ class FineTuner:
         try:
             folder = Path(data)
             fmt = detect_data_format(folder) if data_format == "auto" else data_format
+            # the model first: a wrong --init fails before a large split is indexed
+            self.model, self.tokenizer, self.init_format = load_init_model(init, recipe.context_length)
             self.train_pairs = read_train_pairs(folder, fmt)
             self.valid = read_valid(folder, fmt, valid_split)
-            self.model, self.tokenizer, self.init_format = load_init_model(init, recipe.context_length)
         except (BenchmarkError, InitError, OSError) as err:
             raise TrainingError(str(err)) from None
         self.data_format = fmt
