@@ -69,6 +69,13 @@ def stats_rows(folder: Path) -> int:
     return total
 
 
+def _per_row(stats: list[dict], field: str) -> float | None:
+    """``zhclip.fetch[field]`` per row, over the shards that record it."""
+    counted = [s for s in stats if field in s.get("zhclip", {}).get("fetch", {})]
+    rows = sum(s["count"] for s in counted)
+    return round(sum(s["zhclip"]["fetch"][field] for s in counted) / rows, 4) if rows else None
+
+
 def folder_stats(folder: Path) -> dict:
     stats = [json.loads(p.read_text()) for p in folder.glob("*_stats.json")]
     return {
@@ -77,10 +84,7 @@ def folder_stats(folder: Path) -> dict:
         "shard_seconds": sum(s["duration"] for s in stats),
         "longest_shard_s": max((s["duration"] for s in stats), default=0.0),
         # zhclip counts its name lookups; urllib (plain img2dataset) resolves per connection.
-        "dns_lookups": sum(
-            s.get("zhclip", {}).get("fetch", {}).get("dns_lookups", 0) for s in stats
-        )
-        or None,
+        "dns_lookups_per_row": _per_row(stats, "dns_lookups"),
         "shards": len(stats),
     }
 
@@ -129,6 +133,17 @@ def write_config(root: Path, out: Path, threads: int, models: dict) -> Path:
 
 def zhclip_cmd(*args: str) -> list[str]:
     return [str(Path(sys.executable).parent / "zhclip"), *args, "--no-progress", "--quiet"]
+
+
+def zhclip_download(cfg: Path, out: Path, metadata: Path) -> Watched:
+    """``zhclip download`` into ``out`` (its URL shards linked from ``metadata``), watched."""
+    (out / "metadata").mkdir(parents=True, exist_ok=True)
+    for p in metadata.glob("*.parquet"):
+        os.link(p, out / "metadata" / p.name)
+    return Watched(
+        zhclip_cmd("download", "--config", str(cfg)),
+        progress=lambda: stats_rows(out / "downloads"),
+    )
 
 
 def i2d_cmd(root: Path, dest: Path, threads: int, per_shard: int) -> list[str]:
@@ -241,13 +256,7 @@ def main() -> int:
         for name, _ in sides:
             web.reset()
             if name == "zhclip":
-                (out / "metadata").mkdir(parents=True, exist_ok=True)
-                for p in (root / "metadata").glob("*.parquet"):
-                    os.link(p, out / "metadata" / p.name)
-                w = Watched(
-                    zhclip_cmd("download", "--config", str(cfg)),
-                    progress=lambda: stats_rows(out / "downloads"),
-                )
+                w = zhclip_download(cfg, out, root / "metadata")
                 w.run()
                 st = folder_stats(out / "downloads")
             else:
@@ -268,9 +277,8 @@ def main() -> int:
                 **w.memory(),
                 **w.quarters(args.urls),
                 "connections_per_url": round(server["connections"] / args.urls, 3),
-                "dns_lookups_per_url": round(
-                    (st["dns_lookups"] or server["connections"]) / args.urls, 4
-                ),
+                "dns_lookups_per_url": st.pop("dns_lookups_per_row")
+                or round(server["connections"] / args.urls, 4),
                 "requests_per_url": round(server["requests"] / args.urls, 3),
                 "server_cpu_s": round(server["server_cpu_s"], 1),
             }
@@ -339,13 +347,7 @@ def resume_stage2(root: Path, web: SimWeb, cfg: Path, out: Path, n: int) -> dict
     data["output"] = str(again)
     cfg2 = root / "config-resume.yaml"
     cfg2.write_text(yaml.safe_dump(data, allow_unicode=True))
-    (again / "metadata").mkdir(parents=True, exist_ok=True)
-    for p in (out / "metadata").glob("*.parquet"):
-        os.link(p, again / "metadata" / p.name)
-    w = Watched(
-        zhclip_cmd("download", "--config", str(cfg2)),
-        progress=lambda: stats_rows(again / "downloads"),
-    )
+    w = zhclip_download(cfg2, again, out / "metadata")
     w.run(kill_at_rows=n // 2)
     killed_at = stats_rows(again / "downloads")
     Watched(zhclip_cmd("download", "--config", str(cfg2))).run()

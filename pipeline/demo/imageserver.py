@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import subprocess
 import sys
 import threading
 from collections import Counter
@@ -27,6 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, urlsplit
 
 from PIL import Image
+from zhclip.pipeline.demo.child_server import ChildServer
 from zhclip.pipeline.demo.faults import (  # noqa: F401 - re-exported names
     BMP_BOMB_SIDE,
     BOMB_SIDE,
@@ -350,7 +350,7 @@ class ImageServer(_ServerUrls):
         return False
 
 
-class ImageServerProcess(_ServerUrls):
+class ImageServerProcess(ChildServer, _ServerUrls):
     """The same server in a child process, so it does not share the client's GIL.
 
     For benchmarks: a real image host is another machine, and a server thread in
@@ -361,27 +361,14 @@ class ImageServerProcess(_ServerUrls):
     def __init__(self, slow_seconds: float = 3.0, image_delay: float = 0.0):
         self.slow_seconds = slow_seconds
         self.image_delay = image_delay
-        self._proc: subprocess.Popen | None = None
         self.base_url = ""
 
     def __enter__(self) -> ImageServerProcess:
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "zhclip.pipeline.demo.imageserver", "--slow-seconds", str(self.slow_seconds),
-             "--image-delay", str(self.image_delay)],
-            stdout=subprocess.PIPE, text=True,
-        )
-        line = self._proc.stdout.readline().strip()
-        if not line.startswith("http://127.0.0.1:"):
-            self._proc.kill()
-            raise RuntimeError(f"image server process did not start (said {line!r})")
-        self.base_url = line
+        args = [sys.executable, "-m", "zhclip.pipeline.demo.imageserver",
+                "--slow-seconds", str(self.slow_seconds), "--image-delay", str(self.image_delay)]
+        self.base_url = self._start(args, "image server process",
+                                    lambda line: line.startswith("http://127.0.0.1:"))
         return self
-
-    def __exit__(self, *exc) -> None:
-        if self._proc is not None:
-            self._proc.terminate()
-            self._proc.wait(timeout=10)
-            self._proc = None
 
 
 def _serve_main() -> None:

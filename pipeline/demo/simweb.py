@@ -22,13 +22,13 @@ import json
 import os
 import socket
 import struct
-import subprocess
 import sys
 import time
 import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+from zhclip.pipeline.demo.child_server import ChildServer
 from zhclip.pipeline.demo.simweb_images import JpegTemplates, encode_one
 from zhclip.pipeline.demo.simweb_spec import (
     HANG_SECONDS,
@@ -234,7 +234,14 @@ async def _serve(hosts: int, prewarm: bool) -> None:
     await asyncio.Event().wait()  # served until the parent terminates the process
 
 
-class SimWeb:
+def _is_json(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+class SimWeb(ChildServer):
     """The simulated web in a child process; a context manager.
 
     ``prewarm`` renders every baseline-JPEG template before the web is ready
@@ -247,27 +254,14 @@ class SimWeb:
         self.prewarm = prewarm
         self.port = 0
         self.control = ""
-        self._proc: subprocess.Popen | None = None
 
     def __enter__(self) -> SimWeb:
         args = [sys.executable, "-m", "zhclip.pipeline.demo.simweb", "--hosts", str(self.hosts)]
         if not self.prewarm:
             args.append("--no-prewarm")
-        self._proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-        line = self._proc.stdout.readline().strip()
-        try:
-            ready = json.loads(line)
-        except ValueError:
-            self._proc.kill()
-            raise RuntimeError(f"simulated web did not start (said {line!r})") from None
+        ready = json.loads(self._start(args, "simulated web", _is_json))
         self.port, self.control = ready["port"], ready["control"]
         return self
-
-    def __exit__(self, *exc) -> None:
-        if self._proc is not None:
-            self._proc.terminate()
-            self._proc.wait(timeout=10)
-            self._proc = None
 
     def url(self, n: int) -> str:
         """URL number ``n``: its host by a skewed draw, its path by :func:`url_path`."""
