@@ -19,10 +19,8 @@ import re
 from pathlib import Path
 
 import pytest
-from zhclip.pipeline.demo.run import serve_folder
-from zhclip.pipeline.demo.sample import generate_sample, sample_config
 
-from .test_gcs_run import gs_config, gs_file_bytes, upload_folder, write_config, zhclip
+from .cluster_runs import file_bytes, gs_config, run_twice, upload_folder
 
 # Outputs that must not depend on the runner (reports carry timings and the config).
 COMPARED = (
@@ -42,37 +40,15 @@ def pool_flags(pool_port: int) -> list[str]:
 def digests(root: str) -> dict[str, str]:
     return {
         name: hashlib.sha256(data).hexdigest()
-        for name, data in gs_file_bytes(root).items()
+        for name, data in file_bytes(root).items()
         if any(re.fullmatch(p.replace("*", "[^/]*"), name) for p in COMPARED)
     }
 
 
-def run_twice(tmp_path: Path, second_output, extra_flags: list[str]) -> tuple[dict, dict]:
-    """The demo sample in process, then with ``extra_flags``; both outputs' digests."""
-    sample = tmp_path / "sample"
-    sample.mkdir()
-    with serve_folder(sample) as base_url:
-        generate_sample(sample, base_url, n_images=60)
-        cfg = sample_config(sample, tmp_path / "in_process")
-        local = zhclip(
-            "run",
-            "--config",
-            str(write_config(cfg, tmp_path / "a.yaml")),
-            "--quiet",
-            "--no-progress",
-        )
-        assert local.returncode == 0, local.stderr[-3000:]
-        other_cfg, other_root = second_output(cfg, sample)
-        other = zhclip(
-            "run",
-            "--config",
-            str(write_config(other_cfg, tmp_path / "b.yaml")),
-            "--quiet",
-            "--no-progress",
-            *extra_flags,
-        )
-        assert other.returncode == 0, other.stderr[-3000:]
-    expected, got = digests(str(tmp_path / "in_process")), digests(other_root)
+def compare(tmp_path: Path, second, flags: list[str]) -> tuple[dict, dict]:
+    """Digests of the in-process run and of the run under test."""
+    reference, other, _ = run_twice(tmp_path, second, flags)
+    expected, got = digests(reference), digests(other)
     assert any(name.endswith(".tar") for name in expected)
     assert any(name.startswith("rejects/download") for name in expected)
     return expected, got
@@ -85,7 +61,7 @@ def test_portable_runner_on_a_worker_pool_matches_the_in_process_run(tmp_path: P
         return cfg, cfg["output"]
 
     flags = ["--runner", "PortableRunner", "--job_endpoint", "embed", *pool_flags(worker_pool.port)]
-    expected, got = run_twice(tmp_path, local_output, flags)
+    expected, got = compare(tmp_path, local_output, flags)
     assert worker_pool.workers_started() >= STAGES  # the DoFns ran in the pool's workers
     assert sorted(got) == sorted(expected)
     assert {name for name in expected if got[name] != expected[name]} == set()
@@ -100,7 +76,7 @@ def test_three_pool_workers_with_everything_on_gcs_match_the_in_process_run(
         return gs_config(cfg, sample, gcs_bucket, "cluster"), f"gs://{gcs_bucket}/cluster"
 
     flags = [*pool_flags(worker_pool.port), "--direct_num_workers", "3"]
-    expected, got = run_twice(tmp_path, gcs_output, flags)
+    expected, got = compare(tmp_path, gcs_output, flags)
     assert worker_pool.workers_started() == 3 * STAGES
     assert sorted(got) == sorted(expected)
     assert {name for name in expected if got[name] != expected[name]} == set()
