@@ -114,21 +114,29 @@ def hamming(a: int, b: int) -> int:
     return (a ^ b).bit_count()
 
 
-def near_duplicate_losers(entries: list[tuple], max_distance: int) -> list[str]:
-    """Keys of ``(key, phash[, colour])`` entries that have a smaller-key
-    near-duplicate: hashes within ``max_distance`` bits and, when both carry a
-    colour signature, the same coarse colours (:func:`~zhclip.filters.near_duplicates.is_near_duplicate`).
+def near_duplicate_matches(entries: list[tuple], max_distance: int) -> dict[str, str]:
+    """{loser key: the smallest key it duplicates} over ``(key, phash[, colour])``
+    entries: an entry loses to a smaller-key near-duplicate, meaning hashes within
+    ``max_distance`` bits and, when both carry a colour signature, the same
+    coarse colours (:func:`~zhclip.filters.near_duplicates.is_near_duplicate`).
 
     The same rule as sha256 dedup (smallest key survives), applied to each pair
     of candidates; it needs no transitive closure, so one pass over the band
     groups decides. In a chain a~b~c with a and c apart, b and c both lose.
     """
     ordered = sorted((e[0], e[1], e[2] if len(e) > 2 else None) for e in entries)
-    losers = []
+    matches = {}
     for i, (key, h, colour) in enumerate(ordered):
-        if any(ND.is_near_duplicate((h, colour), (oh, oc), max_distance) for _, oh, oc in ordered[:i]):
-            losers.append(key)
-    return losers
+        for other, oh, oc in ordered[:i]:
+            if ND.is_near_duplicate((h, colour), (oh, oc), max_distance):
+                matches[key] = other
+                break
+    return matches
+
+
+def near_duplicate_losers(entries: list[tuple], max_distance: int) -> list[str]:
+    """Keys of the entries :func:`near_duplicate_matches` finds a smaller near-duplicate for."""
+    return list(near_duplicate_matches(entries, max_distance))
 
 
 def scaled_box(box: tuple[int | None, int | None, int | None, int | None],

@@ -28,10 +28,13 @@ def index_entry(rec: dict[str, Any]) -> dict[str, Any]:
     return {k: rec.get(k) for k in (S.KEY, S.SOURCE, S.URL, S.CAPTION, S.SPLIT, PHASH, COLOUR)}
 
 
-def _lose(loser: dict[str, Any], reason: str) -> Iterator[Any]:
+def _lose(loser: dict[str, Any], reason: str, kept: str | None = None) -> Iterator[Any]:
+    """Reject ``loser``; ``matched`` names the smaller key it copies (in a chain
+    a~b~c, c may name b, itself a loser)."""
     yield beam.pvalue.TaggedOutput(REJECTS, {
         S.KEY: loser[S.KEY], S.SOURCE: loser[S.SOURCE], S.URL: loser[S.URL],
         S.CAPTION: loser[S.CAPTION], S.REASON: reason, S.STAGE: STAGE,
+        S.MATCHED: None if kept is None else f"copy of {kept}",
     })
     yield beam.pvalue.TaggedOutput(COUNTS, R.counts(loser[S.SOURCE], reasons={reason: 1}))
 
@@ -43,7 +46,7 @@ def pick_sha_winner(element: tuple[str, list[dict[str, Any]]],
     entries = sorted(entries, key=lambda e: e[S.KEY])
     yield entries[0]
     for loser in entries[1:]:
-        yield from _lose(loser, reason)
+        yield from _lose(loser, reason, entries[0][S.KEY])
 
 
 def pick_exact_winners(element: tuple[str, list[dict[str, Any]]]) -> Iterator[Any]:
@@ -51,11 +54,10 @@ def pick_exact_winners(element: tuple[str, list[dict[str, Any]]]) -> Iterator[An
     colour variants of one layout share the hash and all survive."""
     _, entries = element
     entries = sorted(entries, key=lambda e: e[S.KEY])
-    lost = set(image_rules.near_duplicate_losers(
-        [(e[S.KEY], e[PHASH], e.get(COLOUR)) for e in entries], 0))
+    lost = image_rules.near_duplicate_matches([(e[S.KEY], e[PHASH], e.get(COLOUR)) for e in entries], 0)
     for entry in entries:
         if entry[S.KEY] in lost:
-            yield from _lose(entry, RS.REASON_NEAR_DUPLICATE_IMAGE)
+            yield from _lose(entry, RS.REASON_NEAR_DUPLICATE_IMAGE, lost[entry[S.KEY]])
         else:
             yield entry
 
@@ -68,19 +70,18 @@ def _band_candidates(entry: dict[str, Any], max_distance: int,
         yield (band, group), (entry[S.KEY], entry[PHASH], entry.get(COLOUR))
 
 
-def _band_losers(element: tuple[Any, list[tuple]], max_distance: int) -> Iterator[tuple[str, bool]]:
+def _band_losers(element: tuple[Any, list[tuple]], max_distance: int) -> Iterator[tuple[str, str]]:
     _, members = element
     if len(members) > 1:
-        for key in image_rules.near_duplicate_losers(list(members), max_distance):
-            yield key, True
+        yield from image_rules.near_duplicate_matches(list(members), max_distance).items()
 
 
 def _resolve_near(element: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
     _, joined = element
     entries, lost = list(joined["entry"]), list(joined["lost"])
     for entry in entries:
-        if lost:
-            yield from _lose(entry, RS.REASON_NEAR_DUPLICATE_IMAGE)
+        if lost:  # several bands may each find a match: the smallest is named, on any runner
+            yield from _lose(entry, RS.REASON_NEAR_DUPLICATE_IMAGE, min(lost))
         else:
             yield entry
 

@@ -79,6 +79,10 @@ def test_copies_merge_colour_variants_stay_flat_pictures_are_blank(tmp_path):
         **{f"wukong_a{i}": RS.REASON_NEAR_DUPLICATE_IMAGE for i in range(1, 5)},
         **{f"wukong_z{i}": RS.REASON_BLANK_IMAGE for i in range(3)},
     }
+    matched = dict(zip(t.column(S.KEY).to_pylist(), t.column(S.MATCHED).to_pylist(), strict=True))
+    assert {k: matched[k] for k in reasons if k.startswith("wukong_a")} == {
+        f"wukong_a{i}": "copy of wukong_a0" for i in range(1, 5)
+    }
     total = report["total"]
     assert total["reasons"][RS.REASON_BLANK_IMAGE] == 3 and total["balanced"]
     assert total["reasons"][RS.REASON_NEAR_DUPLICATE_IMAGE] == 4
