@@ -86,3 +86,24 @@ def test_metadata_command_prints_one_line_for_a_missing_output_bucket(
         "gs://missing-out-bucket does not exist (create it, or fix the path)"
     ]
     assert "Traceback" not in proc.stderr
+
+
+def test_shards_verify_names_a_missing_gcs_folder_in_one_line(gcs_bucket: str):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "zhclip.pipeline.cli",
+            "shards",
+            "verify",
+            f"gs://{gcs_bucket}/no-run/dataset",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"zhclip shards verify: error: gs://{gcs_bucket}/no-run/dataset: no such folder"
+    )
+    assert "Traceback" not in proc.stderr
