@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 from PIL import Image
 from zhclip.filters import near_duplicates as ND
-from zhclip.filters.images import min_hamming
+from zhclip.filters.images import min_hamming, phash64
 from zhclip.pipeline.core.reasons import (
     REASON_BLANK_IMAGE,
     REASON_DECODE_ERROR,
@@ -38,6 +38,15 @@ def blank_reason(image: Image.Image) -> str | None:
     colour): its perceptual hash is noise, so it is neither grouped with other
     flat pictures as a near-duplicate nor compared with evaluation images."""
     return REASON_BLANK_IMAGE if ND.is_blank(image) else None
+
+
+def image_signature(image: Image.Image) -> tuple[str | None, int | None, bytes | None]:
+    """(``blank_image``, None, None) for a flat picture, else (None, phash, colour
+    signature): what stage 3 groups near-duplicates and checks overlap by."""
+    reason = blank_reason(image)
+    if reason is not None:
+        return reason, None, None
+    return None, phash64(image), ND.colour_signature(image)
 
 
 def overlap_reason(phash: int | None, eval_index: np.ndarray, max_distance: int) -> str | None:

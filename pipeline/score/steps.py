@@ -27,7 +27,6 @@ import numpy as np
 from tqdm import tqdm
 from zhclip.filters import image_rules
 from zhclip.filters import images as I
-from zhclip.filters.near_duplicates import colour_signature
 from zhclip.pipeline.core import reasons as RS
 from zhclip.pipeline.core import schema as S
 from zhclip.pipeline.score import embeddings as E
@@ -124,13 +123,10 @@ def prepare_sample(sample: DL.DownloadedSample, preprocess: Callable[[Any], Any]
         return out
     out.sha256 = I.sha256_hex(out.jpeg)
     out.width, out.height = image.size
-    if want_phash:
-        # A flat picture's hash is noise: rejected here, before it is scored or grouped.
-        out.reason = image_rules.blank_reason(image)
+    if want_phash:  # a flat picture's hash is noise: blank_image, before it is scored or grouped
+        out.reason, out.phash, out.colour = image_rules.image_signature(image)
         if out.reason is not None:
             return out
-        out.phash = I.phash64(image)
-        out.colour = colour_signature(image)
     if preprocess is not None:
         out.pixels = preprocess(image)
     return out
@@ -282,8 +278,7 @@ class ShardScorer:
         self._procs: ProcessPoolExecutor | None = None
         self.device_decode = self._want_device_decode(device_decode)
         self.pairs_scored = 0
-        # score.safety: NudeNet's detector, run last on what the cheaper rules kept.
-        self.safety = load_safety_model(getattr(score_cfg, "safety", None))
+        self.safety = load_safety_model(getattr(score_cfg, "safety", None))  # score.safety, or None
         # Kept records carry their float16 embeddings (embeddings.py writes them per shard).
         self.save_embeddings = bool(getattr(score_cfg, "save_embeddings", False))
         if self.save_embeddings and not hasattr(scorer, "score_and_embed"):
