@@ -67,19 +67,7 @@ def main(args: argparse.Namespace, beam_args: list[str]) -> int:
     return 0
 
 
-def _torchrun_entry() -> int:
-    """``python -m zhclip.training.finetune_cli`` (under torchrun) with the same flags."""
-    parser = argparse.ArgumentParser(prog="zhclip-finetune")
-    parser.add_argument("--config")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    add_arguments(parser)
-    args, rest = parser.parse_known_args()
-    try:
-        return main(args, rest)
-    except (ConfigError, UsageError) as err:
-        print(f"zhclip finetune: error: {err}", file=sys.stderr)
-        return 2
-
-
 if __name__ == "__main__":
-    sys.exit(_torchrun_entry())
+    from zhclip.training.torchrun_entry import torchrun_entry
+
+    sys.exit(torchrun_entry("finetune", add_arguments, main))
