@@ -51,16 +51,29 @@ def test_run_on_gcs_writes_the_same_shards_as_a_local_run(tmp_path: Path, gcs_bu
     )
 
     # Training reads the gs:// shards through the same reader (tiny towers, a few steps).
-    from zhclip.training.cli import demo_train_section
+    from zhclip.training.tiny import write_tiny_bert, write_tiny_image_tower
 
-    train = demo_train_section(tmp_path / "train_run", ["一只猫", "一条狗", "红色的圆形"], 4)
-    train.update(
-        data={**train["data"], "path": f"{out}/dataset"},
-        eval_at_start=False,
-        eval_every=1000,
-        log_every=1,
-    )
+    models = tmp_path / "models"
+    train = {
+        "image": write_tiny_image_tower(models / "image", name="zhclip-gcs-vit", image_size=32),
+        "text": {"model": str(write_tiny_bert(models / "text", ["一只猫", "一条狗"], hidden=32))},
+        "context_length": 32,
+        "data": {
+            "path": f"{out}/dataset",
+            "workers": 0,
+            "shuffle_buffer": 16,
+            "auto_augment": False,
+        },
+        "stage1": {"steps": 2, "batch_size": 8, "warmup": 1},
+        "stage2": {"steps": 2, "batch_size": 8, "warmup": 1},
+        "output": str(tmp_path / "train_run"),
+        "eval_at_start": False,
+        "eval_every": 1000,
+        "log_every": 1,
+        "precision": "fp32",
+        "device": "cpu",
+    }
     gs_cfg["train"] = train
     trained = zhclip("train", "--config", str(write_config(gs_cfg, tmp_path / "train.yaml")))
     assert trained.returncode == 0, trained.stderr[-3000:]
-    assert any((tmp_path / "train_run" / "train").rglob("*.pt"))
+    assert any((tmp_path / "train_run").rglob("*.pt"))
