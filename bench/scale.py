@@ -1,6 +1,6 @@
 """Scale rehearsal: N URLs of the simulated web through stage 2, stage 3 and a training stream.
 
-    python bench/scale.py --urls 10000                 # ~10-20 min on 2 busy cores
+    python bench/scale.py --urls 10000 --resume        # ~30 min on 2 busy cores
     python bench/scale.py --urls 100000 --skip-i2d     # zhclip only
 
 One run, one JSON line at the end with every figure:
