@@ -1,1 +1,2 @@
-"""Two-stage Chinese CLIP pretraining on zhclip shards."""
+"""Chinese CLIP on zhclip shards: two-stage pretraining, fine-tuning on retrieval benchmarks,
+evaluation, and exports (Chinese-CLIP, transformers, open_clip, ONNX)."""
