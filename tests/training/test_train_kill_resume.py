@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -51,7 +48,7 @@ def _losses(train_dir: Path) -> dict[int, float]:
 
 
 @pytest.mark.slow
-def test_sigkill_mid_training_then_resume_latest_gives_the_same_losses(tmp_path):
+def test_sigkill_mid_training_then_resume_latest_gives_the_same_losses(tmp_path, kill_when_ready):
     root = tmp_path / "world"
     write_shape_dataset(root / "dataset", n_train=256, n_val=16, per_shard=64, size=32)
     write_tiny_bert(root / "bert")
@@ -60,27 +57,11 @@ def test_sigkill_mid_training_then_resume_latest_gives_the_same_losses(tmp_path)
 
     cfg = _config(root, tmp_path / "k.yaml", killed)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [ZHCLIP, "train", "--config", str(cfg)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     checkpoints = killed / "train" / "checkpoints"
-    try:
-        deadline = time.monotonic() + 240
-        while not (checkpoints.exists() and len(list_checkpoints(checkpoints)) >= STEPS - 1):
-            assert proc.poll() is None, "training finished before it could be killed"
-            assert time.monotonic() < deadline, "training never got half-way"
-            time.sleep(0.02)
-        assert proc.poll() is None, "training finished before it could be killed"
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+    kill_when_ready(
+        [ZHCLIP, "train", "--config", str(cfg)],
+        lambda: checkpoints.exists() and len(list_checkpoints(checkpoints)) >= STEPS - 1,
+        240, env=env, what="training")
     saved = [s for s, _ in list_checkpoints(checkpoints)]
     assert STEPS - 1 <= max(saved) < 2 * STEPS
 

@@ -4,8 +4,6 @@ and the result identical to an uninterrupted run (small sizes; bench/scale.py do
 from __future__ import annotations
 
 import hashlib
-import os
-import signal
 import subprocess
 import sys
 import tarfile
@@ -62,28 +60,10 @@ def _run(cfg: Path, stage: str) -> None:
     )
 
 
-def _kill_when(cfg: Path, stage: str, ready, timeout: float = 120) -> None:
-    """Start ``zhclip STAGE``, SIGKILL its whole process group once ``ready()``; it must not
-    have finished by then."""
-    proc = subprocess.Popen(
-        [ZHCLIP, stage, "--config", str(cfg), "--no-progress", "--quiet"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + timeout
-        while not ready():
-            assert proc.poll() is None, f"{stage} finished before it could be killed"
-            assert time.monotonic() < deadline, f"{stage} never got half-way"
-            time.sleep(0.05)
-        assert proc.poll() is None, f"{stage} finished before it could be killed"
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+def _kill_when(kill_when_ready, cfg: Path, stage: str, ready, timeout: float = 120) -> None:
+    """Start ``zhclip STAGE``; SIGKILL its process group once ``ready()`` (it must still run)."""
+    kill_when_ready([ZHCLIP, stage, "--config", str(cfg), "--no-progress", "--quiet"], ready,
+                    timeout, what=stage)
 
 
 def _downloads(out: Path) -> tuple[list, dict]:
@@ -105,7 +85,7 @@ def _downloads(out: Path) -> tuple[list, dict]:
 
 
 @pytest.mark.slow
-def test_stage2_killed_half_way_then_rerun_equals_the_uninterrupted_run(tmp_path):
+def test_stage2_killed_half_way_then_rerun_equals_the_uninterrupted_run(tmp_path, kill_when_ready):
     with SimWeb(hosts=4, prewarm=False) as web:
         # Small images and no hangs, so the test is quick; every other outcome is in the mix.
         urls = [
@@ -120,6 +100,7 @@ def test_stage2_killed_half_way_then_rerun_equals_the_uninterrupted_run(tmp_path
         cfg = _config(tmp_path / "k.yaml", killed)
         shards = len(list((killed / "metadata").glob("*.parquet")))
         _kill_when(
+            kill_when_ready,
             cfg,
             "download",
             lambda: len(list((killed / "downloads").glob("*_stats.json"))) >= shards // 2,
@@ -144,7 +125,7 @@ def _dataset(out: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.slow
-def test_stage3_killed_half_way_then_rerun_equals_the_uninterrupted_run(tmp_path):
+def test_stage3_killed_half_way_then_rerun_equals_the_uninterrupted_run(tmp_path, kill_when_ready):
     killed, reference = tmp_path / "killed", tmp_path / "reference"
     for out in (killed, reference):
         standard_downloads(out / SH.DOWNLOADS_DIR, n_shards=4, per_shard=10)
@@ -157,7 +138,7 @@ def test_stage3_killed_half_way_then_rerun_equals_the_uninterrupted_run(tmp_path
     half = (time.monotonic() - started) / 2
     cfg = _config(tmp_path / "k.yaml", killed, **score)
     t0 = time.monotonic()
-    _kill_when(cfg, "score", lambda: time.monotonic() - t0 >= half)
+    _kill_when(kill_when_ready, cfg, "score", lambda: time.monotonic() - t0 >= half)
     _run(cfg, "score")
     got, want = _dataset(killed), _dataset(reference)
     assert got and got == want
