@@ -91,3 +91,25 @@ def write_benchmark(
         for j, f in enumerate(phrasings)
     ]
     return fixtures.write_chinese_clip_benchmark(folder, "test", images, texts)
+
+
+def cn_clip_reference_model(checkpoint: Path, spec: dict):
+    """cn_clip's own ``CLIP`` class built from the model_configs/ beside ``checkpoint`` and
+    loaded from it (strictly) the way its create_model does: the reference side of the
+    conversion and fine-tuning parity tests. Returned in training mode."""
+    import json
+
+    import torch
+    from cn_clip.clip.model import CLIP
+    from zhclip.training.convert import CN_CLIP_PREFIX, cn_clip_model_name
+
+    configs = checkpoint.parent / "model_configs"
+    info: dict = {}
+    for name in cn_clip_model_name(spec):
+        info.update(json.loads((configs / f"{name}.json").read_text()))
+    model = CLIP(**info)
+    state = torch.load(checkpoint, map_location="cpu")["state_dict"]
+    if not next(iter(state)).startswith(CN_CLIP_PREFIX):
+        raise ValueError(f"{checkpoint}: not a cn_clip checkpoint (keys lack {CN_CLIP_PREFIX!r})")
+    model.load_state_dict({k[len(CN_CLIP_PREFIX):]: v for k, v in state.items()}, strict=True)
+    return model

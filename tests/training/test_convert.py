@@ -4,7 +4,6 @@ model refuses it."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -13,15 +12,13 @@ from PIL import Image
 from zhclip.pipeline.cli import main as cli_main
 from zhclip.training.config import train_config_from_dict
 from zhclip.training.convert import (
-    CN_CLIP_PREFIX,
     CannotConvert,
-    cn_clip_model_name,
     detect_format,
     export_to,
     read_init_weights,
 )
 from zhclip.training.export import export_model, read_weights_file
-from zhclip.training.export_fixtures import trained_looking
+from zhclip.training.export_fixtures import cn_clip_reference_model, trained_looking
 from zhclip.training.fixtures import (
     TINY_RN,
     all_captions,
@@ -84,21 +81,6 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> float:
 # ---- Chinese-CLIP ---------------------------------------------------------------
 
 
-def _cn_clip_model(folder: Path, spec: dict):
-    """cn_clip's own CLIP class from the configs we wrote, loaded the way its create_model does."""
-    from cn_clip.clip.model import CLIP
-
-    vision_name, text_name = cn_clip_model_name(spec)
-    info = json.loads((folder / "model_configs" / f"{vision_name}.json").read_text())
-    info.update(json.loads((folder / "model_configs" / f"{text_name}.json").read_text()))
-    model = CLIP(**info)
-    checkpoint = torch.load(folder / "zhclip.pt", map_location="cpu")
-    sd = checkpoint["state_dict"]
-    assert next(iter(sd)).startswith(CN_CLIP_PREFIX)
-    model.load_state_dict({k[len(CN_CLIP_PREFIX):]: v for k, v in sd.items()}, strict=True)
-    return model.eval()
-
-
 @pytest.mark.parametrize("kind", ["vit", "rn"])
 def test_cn_clip_round_trip_keeps_features(towers, tmp_path, kind):
     export = _exported(towers, tmp_path, kind)
@@ -108,7 +90,7 @@ def test_cn_clip_round_trip_keeps_features(towers, tmp_path, kind):
     img, txt = _features(ours, pixels, ids, mask)
 
     ckpt = export_to("cn_clip", read_weights_file(export), tmp_path / "cn")
-    theirs = _cn_clip_model(tmp_path / "cn", spec)
+    theirs = cn_clip_reference_model(tmp_path / "cn" / "zhclip.pt", spec).eval()
     with torch.no_grad():
         cn_img = theirs.encode_image(pixels)
         cn_txt = theirs.encode_text(ids)  # cn_clip masks by [PAD] itself

@@ -14,7 +14,6 @@ runs on CPU unchanged.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -24,13 +23,12 @@ import pytest
 import torch
 from zhclip.training.config import StageConfig, train_config_from_dict
 from zhclip.training.convert import (
-    CN_CLIP_PREFIX,
-    cn_clip_model_name,
     export_to,
     read_init_weights,
     to_cn_clip_state_dict,
 )
 from zhclip.training.export import export_model, read_weights_file
+from zhclip.training.export_fixtures import cn_clip_reference_model
 from zhclip.training.finetune_init import load_init_model
 from zhclip.training.fixtures import (
     all_captions,
@@ -87,14 +85,7 @@ def _batches(tokenizer, n: int) -> list[dict[str, torch.Tensor]]:
 
 
 def _cn_clip_model(ckpt: Path, spec: dict, logit_scale: float):
-    from cn_clip.clip.model import CLIP
-
-    vision_name, text_name = cn_clip_model_name(spec)
-    info = json.loads((ckpt.parent / "model_configs" / f"{vision_name}.json").read_text())
-    info.update(json.loads((ckpt.parent / "model_configs" / f"{text_name}.json").read_text()))
-    model = CLIP(**info)
-    sd = torch.load(ckpt, map_location="cpu")["state_dict"]
-    model.load_state_dict({k[len(CN_CLIP_PREFIX):]: v for k, v in sd.items()})
+    model = cn_clip_reference_model(ckpt, spec)
     with torch.no_grad():
         model.logit_scale.fill_(logit_scale)
     return model
