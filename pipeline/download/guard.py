@@ -36,6 +36,17 @@ def resolve(host, port, family=0, type=0, proto=0, flags=0):  # noqa: A002 - soc
     return socket.getaddrinfo(host, port, family, type, proto, flags)
 
 
+# Resolver answers that will not change on asking again soon: the name does not exist.
+DEFINITE_LOOKUP_FAILURES = frozenset(
+    code for code in (getattr(socket, "EAI_NONAME", None), getattr(socket, "EAI_NODATA", None))
+    if code is not None
+)
+
+
+def _definite(err: OSError) -> bool:
+    return isinstance(err, socket.gaierror) and err.errno in DEFINITE_LOOKUP_FAILURES
+
+
 class HostAnswers:
     """Name answers shared by one shard's fetches: each host is resolved once, not per URL.
 
@@ -44,7 +55,9 @@ class HostAnswers:
     host. Only the lookup is shared: the guard still checks every address of an
     answer against the SSRF rules on every connection, and connects to the
     address it checked. Failed lookups are remembered too (a dead domain with a
-    thousand URLs is asked once). Entries expire after ``max_age`` seconds, and
+    thousand URLs is asked once), but only a definite "no such name": a temporary
+    resolver failure (EAI_AGAIN, a timeout) is asked again next time, or one blip would
+    fail every URL of that host for ``max_age``. Entries expire after ``max_age`` seconds, and
     the table is emptied when it reaches ``max_entries``, so it stays small
     however many hosts a long run meets.
     """
@@ -69,9 +82,10 @@ class HostAnswers:
                 answer = err
             with self._lock:
                 self.lookups += 1
-                if len(self._answers) >= self.max_entries:
-                    self._answers.clear()
-                self._answers[(host, port)] = (now, answer)
+                if not isinstance(answer, OSError) or _definite(answer):
+                    if len(self._answers) >= self.max_entries:
+                        self._answers.clear()
+                    self._answers[(host, port)] = (now, answer)
         else:
             answer = found[1]
         if isinstance(answer, OSError):

@@ -220,3 +220,24 @@ def test_the_answer_table_stays_bounded_and_expires(monkeypatch):
     expired.addresses("a.test", 80)
     expired.addresses("a.test", 80)
     assert expired.lookups == 2
+
+
+def test_a_temporary_lookup_failure_is_asked_again(monkeypatch):
+    import socket
+
+    import pytest
+    from zhclip.pipeline.download import guard
+
+    failures = [socket.gaierror(socket.EAI_AGAIN, "try again")]
+
+    def resolve(host, port, *rest):
+        if failures:
+            raise failures.pop()
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    monkeypatch.setattr(guard, "resolve", resolve)
+    answers = guard.HostAnswers()
+    with pytest.raises(socket.gaierror):
+        answers.addresses("flaky.test", 80)
+    assert answers.addresses("flaky.test", 80)[0][4][0] == "127.0.0.1"
+    assert answers.lookups == 2
