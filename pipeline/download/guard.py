@@ -66,31 +66,55 @@ class HostAnswers:
         self.max_entries, self.max_age = max_entries, max_age
         self._lock = threading.Lock()
         self._answers: dict[tuple[str, int], tuple[float, list | OSError]] = {}
+        self._asking: dict[tuple[str, int], threading.Lock] = {}  # one lookup per name at a time
         self.lookups = 0  # questions sent to the resolver
         self.connections = 0  # connections the guard was asked to open
 
     def addresses(self, host: str, port: int) -> list:
-        """``resolve(host, port, 0, SOCK_STREAM)``, from the table when it is fresh there."""
-        now = time.monotonic()
+        """``resolve(host, port, 0, SOCK_STREAM)``, from the table when it is fresh there.
+
+        Threads asking for the same name at once wait for one lookup (a shard's first
+        URLs of a host arrive together), so a name is asked once, not once per thread.
+        """
         with self._lock:
             self.connections += 1
-            found = self._answers.get((host, port))
-        if found is None or now - found[0] > self.max_age:
-            try:
-                answer: list | OSError = resolve(host, port, 0, socket.SOCK_STREAM)
-            except OSError as err:
-                answer = err
+            found = self._fresh(host, port)
+            if found is None:
+                asking = self._asking.setdefault((host, port), threading.Lock())
+        if found is not None:
+            return _answer_or_raise(found)
+        with asking:
             with self._lock:
-                self.lookups += 1
-                if not isinstance(answer, OSError) or _definite(answer):
-                    if len(self._answers) >= self.max_entries:
-                        self._answers.clear()
-                    self._answers[(host, port)] = (now, answer)
-        else:
-            answer = found[1]
-        if isinstance(answer, OSError):
-            raise answer
+                found = self._fresh(host, port)
+            if found is None:
+                found = self._lookup(host, port)
+        with self._lock:
+            self._asking.pop((host, port), None)
+        return _answer_or_raise(found)
+
+    def _fresh(self, host: str, port: int) -> list | OSError | None:
+        found = self._answers.get((host, port))
+        return None if found is None or time.monotonic() - found[0] > self.max_age else found[1]
+
+    def _lookup(self, host: str, port: int) -> list | OSError:
+        now = time.monotonic()
+        try:
+            answer: list | OSError = resolve(host, port, 0, socket.SOCK_STREAM)
+        except OSError as err:
+            answer = err
+        with self._lock:
+            self.lookups += 1
+            if not isinstance(answer, OSError) or _definite(answer):
+                if len(self._answers) >= self.max_entries:
+                    self._answers.clear()
+                self._answers[(host, port)] = (now, answer)
         return answer
+
+
+def _answer_or_raise(answer: list | OSError) -> list:
+    if isinstance(answer, OSError):
+        raise answer
+    return answer
 
 
 def guarded_create_connection(

@@ -241,3 +241,22 @@ def test_a_temporary_lookup_failure_is_asked_again(monkeypatch):
         answers.addresses("flaky.test", 80)
     assert answers.addresses("flaky.test", 80)[0][4][0] == "127.0.0.1"
     assert answers.lookups == 2
+
+
+def test_threads_asking_one_name_at_once_share_one_lookup(monkeypatch):
+    import socket
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from zhclip.pipeline.download import guard
+
+    def slow_resolve(host, port, *rest):
+        time.sleep(0.2)  # a real resolver's round trip: the other threads arrive meanwhile
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    monkeypatch.setattr(guard, "resolve", slow_resolve)
+    answers = guard.HostAnswers()
+    with ThreadPoolExecutor(16) as pool:
+        got = list(pool.map(lambda i: answers.addresses(f"h{i % 2}.test", 80), range(32)))
+    assert all(a[0][4][0] == "127.0.0.1" for a in got)
+    assert answers.lookups == 2 and answers.connections == 32
