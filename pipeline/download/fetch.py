@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -96,18 +97,43 @@ def _fetch(
     return data, None
 
 
+class FetchClock:
+    """The longest single fetch, against its deadline: proof that no URL held a thread
+    past ``download.deadline`` (the watchdog's job), kept per installed fetch function."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.longest_s = 0.0
+        self.deadline_s = 0.0
+
+    def record(self, seconds: float, deadline_s: float) -> None:
+        with self._lock:
+            if seconds > self.longest_s:
+                self.longest_s = seconds
+            self.deadline_s = max(self.deadline_s, deadline_s)
+
+
 def make_fetch_function(policy: FetchPolicy) -> FetchFunction:
     """A drop-in for ``img2dataset.downloader.download_image`` that obeys ``policy``.
 
     Its threads share one :class:`guard.HostAnswers` (``.answers``): each host is
     resolved once for the shard, every address still checked per connection.
+    ``.clock`` (:class:`FetchClock`) keeps the longest fetch.
     """
     answers = HostAnswers()
     opener = build_opener(policy, answers)
+    clock = FetchClock()
 
     def download_image(row, timeout, user_agent_token, disallowed_header_directives) -> FetchResult:
-        key, url = row
+        started = time.monotonic()
         seconds = policy.deadline_seconds(timeout)
+        try:
+            return _timed_fetch(row, timeout, seconds, user_agent_token, disallowed_header_directives)
+        finally:
+            clock.record(time.monotonic() - started, seconds)
+
+    def _timed_fetch(row, timeout, seconds, user_agent_token, disallowed_header_directives):
+        key, url = row
         try:
             with deadline_scope(seconds) as deadline:
                 return key, *_fetch(
@@ -125,6 +151,7 @@ def make_fetch_function(policy: FetchPolicy) -> FetchFunction:
             return key, None, f"{type(err).__name__}: {err}"
 
     download_image.answers = answers
+    download_image.clock = clock
     return download_image
 
 
@@ -135,9 +162,10 @@ _installed: dict = {"policy": None, "count": 0, "original": None}
 
 
 @contextmanager
-def guarded_fetch_installed(policy: FetchPolicy) -> Iterator[HostAnswers | None]:
+def guarded_fetch_installed(policy: FetchPolicy) -> Iterator[FetchFunction]:
     """While inside, img2dataset's Downloader fetches through ``policy``; yields the
-    installed function's name table (for its lookup and connection counts).
+    installed function (its ``.answers`` count lookups and connections, its ``.clock``
+    keeps the longest fetch).
 
     img2dataset looks its fetch function up as a module global on every call,
     so the swap is process-wide. Shards of one job share the policy and may
@@ -157,9 +185,9 @@ def guarded_fetch_installed(policy: FetchPolicy) -> Iterator[HostAnswers | None]
             _installed["policy"] = policy
             i2d_downloader.download_image = make_fetch_function(policy)
         _installed["count"] += 1
-        answers = getattr(i2d_downloader.download_image, "answers", None)
+        installed = i2d_downloader.download_image
     try:
-        yield answers
+        yield installed
     finally:
         with _install:
             _installed["count"] -= 1

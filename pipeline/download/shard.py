@@ -169,20 +169,24 @@ def run_img2dataset(
     """Download ``table``'s rows with img2dataset into ``work``.
 
     Returns (tar path, parquet table, fetch counts): the name lookups and
-    connections the guarded fetch made for these rows (exact when the shard has
-    its process to itself, the default; shards overlapping in one process share
-    the counters).
+    connections the guarded fetch made for these rows and its longest single fetch
+    against the deadline (exact when the shard has its process to itself, the
+    default; shards overlapping in one process share the counters).
     """
     sub = os.path.join(work, f"run-{uuid.uuid4().hex[:8]}")
     os.makedirs(sub)
     input_path = os.path.join(sub, "input.feather")
     write_img2dataset_input(table, input_path)
     downloader = build_downloader(dcfg, sub, table.num_rows)
-    with guarded_fetch_installed(policy) as answers:
-        before = (answers.lookups, answers.connections) if answers else (0, 0)
+    with guarded_fetch_installed(policy) as fetch:
+        answers = fetch.answers
+        before = (answers.lookups, answers.connections)
         downloader.download_shard((WORK_SHARD_ID, input_path))
-        after = (answers.lookups, answers.connections) if answers else (0, 0)
-    counts = {"dns_lookups": after[0] - before[0], "connections": after[1] - before[1]}
+        after = (answers.lookups, answers.connections)
+    counts = {"dns_lookups": after[0] - before[0], "connections": after[1] - before[1],
+              # since the function was installed: this shard's, unless shards overlapped
+              "longest_fetch_s": round(fetch.clock.longest_s, 3),
+              "deadline_s": fetch.clock.deadline_s}
     return (
         os.path.join(sub, f"{WORK_NAME}.tar"),
         pq.read_table(os.path.join(sub, f"{WORK_NAME}.parquet")),

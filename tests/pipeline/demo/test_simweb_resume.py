@@ -4,6 +4,7 @@ and the result identical to an uninterrupted run (small sizes; bench/scale.py do
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 import tarfile
@@ -113,6 +114,11 @@ def test_stage2_killed_half_way_then_rerun_equals_the_uninterrupted_run(tmp_path
     assert len(rows) == len(urls) and rows == _downloads(reference)[0]
     assert members == _downloads(reference)[1]
     assert sum(r["status"] == "success" for r in rows) >= len(urls) // 2
+    for stats in (reference / "downloads").glob("*_stats.json"):
+        fetch = json.loads(stats.read_text())["zhclip"]["fetch"]
+        assert 1 <= fetch["dns_lookups"] <= 4  # one lookup per host per shard
+        # No URL held a thread past its deadline (three timeouts by default) by more than a tick.
+        assert 0 < fetch["longest_fetch_s"] <= fetch["deadline_s"] + 1.0 == 3 * 3 + 1.0, fetch
 
 
 def _dataset(out: Path) -> dict[str, bytes]:

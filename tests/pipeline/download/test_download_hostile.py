@@ -120,6 +120,18 @@ def test_dripping_response_is_cut_by_the_total_deadline(server, kind):
     assert 1.9 <= seconds < 3.5, seconds
 
 
+def test_the_fetch_clock_records_the_longest_fetch_against_its_deadline(server):
+    fetch_fn = F.make_fetch_function(F.FetchPolicy(allow_networks=LOOPBACK, deadline=1.5))
+    assert fetch_fn(("a", server.image_url("clock")), 1.0, None, None)[2] is None
+    quick = fetch_fn.clock.longest_s
+    assert 0 < quick < 1.0
+    _, stream, error = fetch_fn(("b", server.hostile_url("drip_body")), 1.0, None, None)
+    assert stream is None and "download.deadline" in error
+    # The drip is cut at the deadline: the longest fetch is the deadline, plus the watchdog's tick.
+    assert fetch_fn.clock.deadline_s == 1.5
+    assert 1.4 <= fetch_fn.clock.longest_s < 2.5, fetch_fn.clock.longest_s
+
+
 def test_deadline_defaults_to_a_multiple_of_the_timeout(server):
     (_, stream, error), seconds = fetch_within(10, server.hostile_url("drip_body"), timeout=0.8)
     assert stream is None and classify_error(error) == TIMEOUT
