@@ -18,6 +18,7 @@ Nothing is stored: every answer is a function of the path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -63,6 +64,9 @@ class _Web:
         self.outcomes: Counter[str] = Counter()
         self.active: Counter[int] = Counter()
         self.max_active: Counter[int] = Counter()
+        # Open connections, queued behind the host's limit or not: what the client pressed.
+        self.open: Counter[int] = Counter()
+        self.max_open: Counter[int] = Counter()
         self.cpu_at_reset = time.process_time()
         self.wall_at_reset = time.monotonic()
 
@@ -76,6 +80,7 @@ class _Web:
                     "connections": self.connections[h.index],
                     "requests": self.requests[h.index],
                     "max_active": self.max_active[h.index],
+                    "max_open": self.max_open[h.index],
                     "limit": h.connection_limit,
                     "median_latency": h.median_latency,
                 }
@@ -88,10 +93,13 @@ class _Web:
 
     async def handle(self, host: HostSpec, reader, writer) -> None:
         self.connections[host.index] += 1
+        self.open[host.index] += 1
+        self.max_open[host.index] = max(self.max_open[host.index], self.open[host.index])
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEADER_SECONDS)
             method, target = head.split(b" ", 2)[:2]
-            await self._answer(host, method.decode("latin1"), target.decode("latin1"), writer)
+            await self._answer(host, method.decode("latin1"), target.decode("latin1"), writer,
+                               reader)
         except (
             TimeoutError,
             asyncio.IncompleteReadError,
@@ -101,9 +109,10 @@ class _Web:
         ):
             pass  # a client that hung up or sent garbage: nothing to answer
         finally:
+            self.open[host.index] -= 1
             writer.close()
 
-    async def _answer(self, host: HostSpec, method: str, target: str, writer) -> None:
+    async def _answer(self, host: HostSpec, method: str, target: str, writer, reader) -> None:
         self.requests[host.index] += 1
         path, _, query = target.partition("?")
         p = plan(path)
@@ -114,7 +123,9 @@ class _Web:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             return
         if outcome == "hang":
-            await asyncio.sleep(HANG_SECONDS)
+            # Silent until the client gives up (its timeout), so open counts what clients hold.
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                await asyncio.wait_for(reader.read(), HANG_SECONDS)
             return
         async with self.limits[host.index]:
             self.active[host.index] += 1

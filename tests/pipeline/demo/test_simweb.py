@@ -152,6 +152,7 @@ def test_per_host_connection_limit_is_enforced(web):
     host = web.stats()["per_host"][slow.address]
     assert host["connections"] == len(urls)
     assert host["max_active"] == slow.connection_limit  # saturated, never over
+    assert host["max_open"] > slow.connection_limit  # the others queued, and the web saw it
 
 
 def test_answers_are_a_function_of_the_url_alone(web):
