@@ -201,6 +201,9 @@ class DownloadConfig(_Strict):
     """Retries per URL."""
     thread_count: int = Field(32, ge=1)
     """Download threads per shard."""
+    max_per_host: int | None = Field(None, ge=1)
+    """Most requests one shard has open to one host at once; a thread over it waits for a
+    slot inside the image's deadline. Null: no limit, as plain img2dataset."""
     user_agent_token: str | None = "zhclip"
     """Token added to the User-Agent so site owners can identify the crawler."""
     disallowed_header_directives: list[str] = Field(

@@ -44,6 +44,7 @@ from zhclip.pipeline.download.guard import (  # noqa: F401 - re-exported names
     guarded_create_connection,
     resolve,
 )
+from zhclip.pipeline.download.host_slots import HostSlots
 from zhclip.pipeline.download.policy import (  # noqa: F401 - re-exported names
     DEADLINE_TIMEOUTS,
     MAX_RESPONSE_BYTES,
@@ -118,11 +119,13 @@ def make_fetch_function(policy: FetchPolicy) -> FetchFunction:
 
     Its threads share one :class:`guard.HostAnswers` (``.answers``): each host is
     resolved once for the shard, every address still checked per connection.
-    ``.clock`` (:class:`FetchClock`) keeps the longest fetch.
+    ``.clock`` (:class:`FetchClock`) keeps the longest fetch; ``.slots``
+    (:class:`host_slots.HostSlots`) keeps ``policy.max_per_host``.
     """
     answers = HostAnswers()
     opener = build_opener(policy, answers)
     clock = FetchClock()
+    slots = HostSlots(policy.max_per_host)
 
     def download_image(row, timeout, user_agent_token, disallowed_header_directives) -> FetchResult:
         started = time.monotonic()
@@ -135,7 +138,11 @@ def make_fetch_function(policy: FetchPolicy) -> FetchFunction:
     def _timed_fetch(row, timeout, seconds, user_agent_token, disallowed_header_directives):
         key, url = row
         try:
-            with deadline_scope(seconds) as deadline:
+            with deadline_scope(seconds) as deadline, slots.slot(url, seconds) as free:
+                if not free:
+                    return key, None, deadline_message(seconds) + (
+                        f", waiting for one of the host's {policy.max_per_host} "
+                        "download.max_per_host slots")
                 return key, *_fetch(
                     opener,
                     policy,
@@ -152,6 +159,7 @@ def make_fetch_function(policy: FetchPolicy) -> FetchFunction:
 
     download_image.answers = answers
     download_image.clock = clock
+    download_image.slots = slots
     return download_image
 
 

@@ -38,6 +38,8 @@ class FetchPolicy:
     # from_config sets the sources' image_root folders, so a listed "file" scheme cannot
     # read /etc/passwd or ~/.ssh whatever a URL shard says.
     file_roots: tuple[str, ...] | None = None
+    # Most requests one fetch function (a shard's threads) has open to one host; None: no limit.
+    max_per_host: int | None = None
 
     def __post_init__(self) -> None:
         parse_networks(self.allow_networks)  # fail at start-up, not per URL
@@ -50,6 +52,7 @@ class FetchPolicy:
             schemes=tuple(s.lower() for s in urls.schemes),
             allow_networks=tuple(urls.allow_networks),
             deadline=getattr(cfg.download, "deadline", None),
+            max_per_host=getattr(cfg.download, "max_per_host", None),
             file_roots=tuple(os.path.realpath(s.image_root) for s in cfg.sources if s.image_root),
         )
 

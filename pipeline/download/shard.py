@@ -186,7 +186,9 @@ def run_img2dataset(
     counts = {"dns_lookups": after[0] - before[0], "connections": after[1] - before[1],
               # since the function was installed: this shard's, unless shards overlapped
               "longest_fetch_s": round(fetch.clock.longest_s, 3),
-              "deadline_s": fetch.clock.deadline_s}
+              "deadline_s": fetch.clock.deadline_s,
+              # download.max_per_host: requests that waited for a slot, and that timed out waiting
+              "host_slot_waits": fetch.slots.waits, "host_slot_timeouts": fetch.slots.gave_up}
     return (
         os.path.join(sub, f"{WORK_NAME}.tar"),
         pq.read_table(os.path.join(sub, f"{WORK_NAME}.parquet")),
