@@ -19,8 +19,13 @@ One run, one JSON line at the end with every figure:
 - throughput of the first and the last quarter of each stage's rows, from the
   times its shards (or batches) completed.
 - connections and requests per URL, counted by the web.
-- ``--resume``: stage 2 and stage 3 killed (SIGKILL to the process group) at
-  about half-way, rerun, and their outputs compared with the uninterrupted run's.
+- ``--resume`` / ``--resume-score``: stage 2 / stage 3 killed (SIGKILL to the process
+  group) at about half-way, rerun, and their outputs compared with the uninterrupted run's.
+- ``--resume-train N``: ``zhclip train`` (tiny towers, N steps per stage) on the final
+  shards, once through and once killed after its first stage and resumed with
+  ``--resume latest``; every step's loss is compared.
+- ``--skip-download`` with ``--work`` of an earlier run: stages 3 and on over that run's
+  downloads (stage 2 at 100k takes longer than the rest together).
 """
 
 from __future__ import annotations
@@ -86,6 +91,43 @@ def folder_stats(folder: Path) -> dict:
         # zhclip counts its name lookups; urllib (plain img2dataset) resolves per connection.
         "dns_lookups_per_row": _per_row(stats, "dns_lookups"),
         "shards": len(stats),
+        **_fetch_extremes(stats),
+    }
+
+
+def _fetch_extremes(stats: list[dict]) -> dict:
+    """zhclip's longest single fetch against its deadline, and the per-host limit's toll."""
+    fetch = [
+        s["zhclip"]["fetch"]
+        for s in stats
+        if "longest_fetch_s" in s.get("zhclip", {}).get("fetch", {})
+    ]
+    if not fetch:
+        return {}
+    return {
+        "longest_fetch_s": max(f["longest_fetch_s"] for f in fetch),
+        "deadline_s": max(f["deadline_s"] for f in fetch),
+        "host_slot_waits": sum(f.get("host_slot_waits", 0) for f in fetch),
+        "host_slot_timeouts": sum(f.get("host_slot_timeouts", 0) for f in fetch),
+    }
+
+
+def host_pressure(server: dict) -> dict:
+    """How hard the client pressed the hosts: the busiest host relative to its connection
+    limit, and how many of the slowest hosts' connections were open at once."""
+    hosts = server.get("per_host", {}).values()
+    if not hosts:
+        return {}
+    slowest = max(h["median_latency"] for h in hosts)
+    slow = [h for h in hosts if h["median_latency"] == slowest]
+    return {
+        "hosts_at_limit": sum(h["max_active"] >= h["limit"] for h in hosts),
+        "hosts_over_limit": sum(h["max_open"] > h["limit"] for h in hosts),
+        "slow_hosts_max_open": max(h["max_open"] for h in slow),
+        "slow_hosts_limit": max(h["limit"] for h in slow),
+        "slow_hosts_url_share": round(
+            sum(h["requests"] for h in slow) / max(1, server["requests"]), 4
+        ),
     }
 
 
@@ -133,6 +175,11 @@ def write_config(root: Path, out: Path, threads: int, models: dict) -> Path:
 
 def zhclip_cmd(*args: str) -> list[str]:
     return [str(Path(sys.executable).parent / "zhclip"), *args, "--no-progress", "--quiet"]
+
+
+def train_cmd(*args: str) -> list[str]:
+    """``zhclip train`` has no --quiet / --no-progress of its own."""
+    return [str(Path(sys.executable).parent / "zhclip"), "train", *args]
 
 
 def zhclip_download(cfg: Path, out: Path, metadata: Path) -> Watched:
@@ -217,6 +264,22 @@ def main() -> int:
     ap.add_argument("--skip-score", action="store_true")
     ap.add_argument("--resume", action="store_true", help="stage 2: kill -9 half-way, rerun")
     ap.add_argument("--resume-score", action="store_true", help="the same for stage 3")
+    ap.add_argument(
+        "--resume-train",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="train tiny towers STEPS steps per stage, kill -9 after stage 1, resume",
+    )
+    ap.add_argument(
+        "--skip-download", action="store_true", help="reuse the stage 2 output already in --work"
+    )
+    ap.add_argument(
+        "--max-per-host",
+        type=int,
+        default=0,
+        help="stage 2 once more with download.max_per_host at this value (politeness cost)",
+    )
     ap.add_argument("--work", default=None, help="folder to keep (default: a temporary one)")
     args = ap.parse_args()
     per_shard = args.per_shard or max(250, args.urls // 40)
@@ -245,20 +308,43 @@ def main() -> int:
     )
     models = {"model": str(mclip), "image_model": f"local-dir:{image}", "image_pretrained": ""}
 
+    out = root / "zhclip"
+    cfg = write_config(root, out, args.threads, models)
+    if not args.skip_download:
+        stage2(args, root, out, cfg, per_shard, result)
+    elif not (out / "downloads").is_dir():
+        ap.error(f"--skip-download: no stage 2 output in {out / 'downloads'}; run without it first")
+    if not args.skip_score:
+        stage3_and_training(args, root, out, cfg, mclip, result)
+    result["figures_from"] = "bench/scale.py"
+    print(json.dumps(result))
+    return 0
+
+
+def stage2(
+    args: argparse.Namespace, root: Path, out: Path, cfg: Path, per_shard: int, result: dict
+) -> None:
+    """zhclip and plain img2dataset on the same URLs of a fresh simulated web (and the resume)."""
     with SimWeb(hosts=args.hosts) as web:
         urls = web.urls(args.urls)
         live = sum(plan(u.split("/", 3)[3]).outcome in LIVE for u in urls)
         result["planned_live"] = live
         write_inputs(urls, root, per_shard)
-        out = root / "zhclip"
-        cfg = write_config(root, out, args.threads, models)
         sides = [("zhclip", None)] + ([] if args.skip_i2d else [("img2dataset", None)])
-        for name, _ in sides:
+        if args.max_per_host:
+            sides.append(("zhclip_polite", args.max_per_host))
+        for name, limit in sides:
             web.reset()
-            if name == "zhclip":
-                w = zhclip_download(cfg, out, root / "metadata")
+            if name.startswith("zhclip"):
+                side_cfg, side_out = cfg, out
+                if limit:  # the same run with download.max_per_host, into its own folder
+                    side_out = root / name
+                    side_cfg = variant_config(
+                        cfg, root / f"config-{name}.yaml", side_out, max_per_host=limit
+                    )
+                w = zhclip_download(side_cfg, side_out, root / "metadata")
                 w.run()
-                st = folder_stats(out / "downloads")
+                st = folder_stats(side_out / "downloads")
             else:
                 dest = root / "i2d"
                 w = Watched(
@@ -281,6 +367,7 @@ def main() -> int:
                 or round(server["connections"] / args.urls, 4),
                 "requests_per_url": round(server["requests"] / args.urls, 3),
                 "server_cpu_s": round(server["server_cpu_s"], 1),
+                **host_pressure(server),
             }
             print(name, json.dumps(result[f"stage2_{name}"]), file=sys.stderr, flush=True)
         z = result["stage2_zhclip"]
@@ -291,6 +378,9 @@ def main() -> int:
         z["server_us_per_request"] = round(
             1e6 * z["server_cpu_s"] / max(1, z["requests_per_url"] * args.urls)
         )
+        if args.max_per_host:
+            polite = result["stage2_zhclip_polite"]
+            result["stage2_polite_shard_ratio"] = round(polite["shard_per_s"] / z["shard_per_s"], 3)
         if not args.skip_i2d:
             i = result["stage2_img2dataset"]
             result["stage2_shard_ratio"] = round(z["shard_per_s"] / i["shard_per_s"], 3)
@@ -298,44 +388,149 @@ def main() -> int:
         if args.resume:
             result["stage2_resume"] = resume_stage2(root, web, cfg, out, args.urls)
 
-    if not args.skip_score:
-        w = Watched(zhclip_cmd("score", "--config", str(cfg)))
-        w.run()
-        rep = json.loads((out / "report" / "score.json").read_text())
-        rows = rep["total"]["rows_in"]
-        result["stage3"] = {
-            "rc": w.rc,
-            "rows_in": rows,
-            "kept": rep["total"]["kept"],
-            "wall_s": round(w.wall, 1),
-            "per_s": round(rows / w.wall, 1),
-            **w.memory(),
+
+def spilled_rows(out: Path) -> int:
+    """Stage 3's scored-and-kept rows so far: its spill parts are named ``{uuid}-{rows}.arrow``."""
+    total = 0
+    for p in (out / "_tmp" / "score" / "images").glob("*.arrow"):
+        count = p.stem.rpartition("-")[2]
+        total += int(count) if count.isdigit() else 0
+    return total
+
+
+def stage3_and_training(
+    args: argparse.Namespace, root: Path, out: Path, cfg: Path, mclip: Path, result: dict
+) -> None:
+    """Stage 3 over zhclip's downloads, its resume, a training stream and the training resume."""
+    w = Watched(zhclip_cmd("score", "--config", str(cfg)), progress=lambda: spilled_rows(out))
+    w.run()
+    rep = json.loads((out / "report" / "score.json").read_text())
+    rows, kept = rep["total"]["rows_in"], rep["total"]["kept"]
+    scored = max((r for _, r in w.events), default=0)
+    scored_at = next((t for t, r in w.events if r >= scored), w.wall)
+    result["stage3"] = {
+        "rc": w.rc,
+        "rows_in": rows,
+        "kept": kept,
+        "wall_s": round(w.wall, 1),
+        "per_s": round(rows / w.wall, 1),
+        **w.memory(),
+        # Quarters of the scoring phase (rows kept by ScoreShard); then dedup, join and writing.
+        **(w.quarters(scored) if scored else {}),
+        "after_scoring_s": round(w.wall - scored_at, 1),
+    }
+    print("score", json.dumps(result["stage3"]), file=sys.stderr, flush=True)
+    if args.resume_score:
+        result["stage3_resume"] = resume_stage3(root, cfg, out)
+    times_file = root / "train_stream.json"
+    w = Watched(
+        [sys.executable, "-c", TRAIN_STREAM, str(out / "dataset"), str(mclip), "64", str(kept)],
+        stdout=times_file,
+    )
+    w.run()
+    try:
+        w.events = [tuple(x) for x in json.loads(times_file.read_text().splitlines()[-1])]
+    except (ValueError, IndexError):
+        w.events = []
+    done = w.events[-1][1] if w.events else 0
+    result["train_stream"] = {
+        "rc": w.rc,
+        "samples": done,
+        "wall_s": round(w.wall, 1),
+        **w.memory(),
+        **(w.quarters(done) if done else {}),
+    }
+    print("train_stream", json.dumps(result["train_stream"]), file=sys.stderr, flush=True)
+    if args.resume_train:
+        result["train_resume"] = resume_training(root, out / "dataset", args.resume_train)
+
+
+def _metrics(train_dir: Path) -> dict[int, float]:
+    """Loss per step from metrics.csv; a step logged again after a resume counts as its last."""
+    import csv
+
+    with (train_dir / "metrics.csv").open(encoding="utf-8") as f:
+        return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f)}
+
+
+def resume_training(root: Path, dataset: Path, steps: int) -> dict:
+    """``zhclip train`` on the final shards (tiny towers, ``steps`` per stage), once through and
+    once killed by SIGKILL after stage 1's last checkpoint, then ``--resume latest``."""
+    import yaml
+    from zhclip.training.checkpoint import list_checkpoints
+    from zhclip.training.tiny import write_tiny_bert, write_tiny_image_tower
+
+    models = root / "train-models"
+    image = write_tiny_image_tower(models / "vit", name="Scale-Tiny-ViT", image_size=64)
+    captions = pq.read_table(next(dataset.glob("train/*.parquet")), columns=[S.CAPTION])
+    bert = write_tiny_bert(models / "bert", captions.column(0).to_pylist())
+
+    def config(name: str) -> Path:
+        section = {
+            "image": image,
+            "text": {"model": str(bert)},
+            "context_length": 24,
+            "data": {
+                "path": str(dataset),
+                "workers": 1,
+                "shuffle_buffer": 500,
+                "auto_augment": False,
+            },
+            "stage1": {"steps": steps, "batch_size": 64, "lr": 1e-3, "warmup": 5},
+            "stage2": {"steps": steps, "batch_size": 64, "lr": 1e-4, "warmup": 5},
+            "eval_every": 10 * steps,
+            "save_every": max(1, steps // 5),
+            "log_every": 1,
+            "keep_checkpoints": 100,
+            "device": "cpu",
         }
-        print("score", json.dumps(result["stage3"]), file=sys.stderr, flush=True)
-        if args.resume_score:
-            result["stage3_resume"] = resume_stage3(root, cfg, out)
-        kept = rep["total"]["kept"]
-        times_file = root / "train_stream.json"
-        w = Watched(
-            [sys.executable, "-c", TRAIN_STREAM, str(out / "dataset"), str(mclip), "64", str(kept)],
-            stdout=times_file,
+        path = root / f"train-{name}.yaml"
+        path.write_text(
+            yaml.safe_dump({"output": str(root / name), "train": section}, allow_unicode=True),
+            encoding="utf-8",
         )
-        w.run()
-        try:
-            w.events = [tuple(x) for x in json.loads(times_file.read_text().splitlines()[-1])]
-        except (ValueError, IndexError):
-            w.events = []
-        done = w.events[-1][1] if w.events else 0
-        result["train_stream"] = {
-            "rc": w.rc,
-            "samples": done,
-            "wall_s": round(w.wall, 1),
-            **w.memory(),
-            **(w.quarters(done) if done else {}),
-        }
-    result["figures_from"] = "bench/scale.py"
-    print(json.dumps(result))
-    return 0
+        return path
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    full = Watched(train_cmd("--config", str(config("train-full"))), env=env)
+    full.run()
+    ckpts = root / "train-killed" / "train" / "checkpoints"
+    killed = Watched(
+        train_cmd("--config", str(config("train-killed"))),
+        env=env,
+        progress=lambda: (
+            max((s for s, _ in list_checkpoints(ckpts)), default=0) if ckpts.exists() else 0
+        ),
+    )
+    killed.run(kill_at_rows=steps)
+    saved = max((s for s, _ in list_checkpoints(ckpts)), default=0) if ckpts.exists() else 0
+    again = Watched(
+        train_cmd("--config", str(config("train-killed")), "--resume", "latest"), env=env
+    )
+    again.run()
+    a, b = _metrics(root / "train-full" / "train"), _metrics(root / "train-killed" / "train")
+    common = sorted(set(a) & set(b))
+    worst = max((abs(a[k] - b[k]) for k in common), default=float("nan"))
+    return {
+        "rc": [full.rc, again.rc],
+        "steps": len(a),
+        "killed_after_checkpoint": saved,
+        "identical_steps": sorted(a) == sorted(b) == list(range(1, 2 * steps + 1)),
+        "max_abs_loss_diff": worst,
+        "full_wall_s": round(full.wall, 1),
+        **{f"full_{k}": v for k, v in full.memory().items()},
+    }
+
+
+def variant_config(cfg: Path, path: Path, out: Path, **download) -> Path:
+    """``cfg`` with another output folder and ``download`` keys changed, written to ``path``."""
+    import yaml
+
+    data = yaml.safe_load(cfg.read_text())
+    data["output"] = str(out)
+    data["download"].update(download)
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    return path
 
 
 def resume_stage2(root: Path, web: SimWeb, cfg: Path, out: Path, n: int) -> dict:
