@@ -179,16 +179,16 @@ def run_img2dataset(
     write_img2dataset_input(table, input_path)
     downloader = build_downloader(dcfg, sub, table.num_rows)
     with guarded_fetch_installed(policy) as fetch:
-        answers = fetch.answers
-        before = (answers.lookups, answers.connections)
+        # A wrapped fetch function (someone's instrumentation) may lack the counters.
+        answers, clock, slots = (getattr(fetch, a, None) for a in ("answers", "clock", "slots"))
+        before = (answers.lookups, answers.connections) if answers else (0, 0)
         downloader.download_shard((WORK_SHARD_ID, input_path))
-        after = (answers.lookups, answers.connections)
-    counts = {"dns_lookups": after[0] - before[0], "connections": after[1] - before[1],
-              # since the function was installed: this shard's, unless shards overlapped
-              "longest_fetch_s": round(fetch.clock.longest_s, 3),
-              "deadline_s": fetch.clock.deadline_s,
-              # download.max_per_host: requests that waited for a slot, and that timed out waiting
-              "host_slot_waits": fetch.slots.waits, "host_slot_timeouts": fetch.slots.gave_up}
+        after = (answers.lookups, answers.connections) if answers else (0, 0)
+    counts = {"dns_lookups": after[0] - before[0], "connections": after[1] - before[1]}
+    if clock is not None:  # since the function was installed: this shard's, unless shards overlap
+        counts.update(longest_fetch_s=round(clock.longest_s, 3), deadline_s=clock.deadline_s)
+    if slots is not None:  # download.max_per_host: requests that waited for a slot / gave up
+        counts.update(host_slot_waits=slots.waits, host_slot_timeouts=slots.gave_up)
     return (
         os.path.join(sub, f"{WORK_NAME}.tar"),
         pq.read_table(os.path.join(sub, f"{WORK_NAME}.parquet")),
