@@ -36,7 +36,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -551,7 +550,7 @@ def resume_stage2(root: Path, web: SimWeb, cfg: Path, out: Path, n: int) -> dict
 
 
 def resume_stage3(root: Path, cfg: Path, out: Path) -> dict:
-    """Kill stage 3 at half the uninterrupted run's time in a copy, rerun, compare final shards."""
+    """Kill stage 3 in a copy once half the rows it keeps are scored, rerun, compare final shards."""
     import yaml
 
     again = root / "score-resume"
@@ -563,14 +562,13 @@ def resume_stage3(root: Path, cfg: Path, out: Path) -> dict:
     data["output"] = str(again)
     cfg3 = root / "config-score-resume.yaml"
     cfg3.write_text(yaml.safe_dump(data, allow_unicode=True))
-    first = json.loads((out / "report" / "score.json").read_text())
-    half = max(5.0, float(first.get("seconds", 60)) / 2)
-    w = Watched(zhclip_cmd("score", "--config", str(cfg3)))
-    w.progress = lambda: int(time.monotonic() - w.start >= half)
-    w.run(kill_at_rows=1)
+    half = json.loads((out / "report" / "score.json").read_text())["total"]["kept"] // 2
+    w = Watched(zhclip_cmd("score", "--config", str(cfg3)), progress=lambda: spilled_rows(again))
+    w.run(kill_at_rows=half)
+    killed_at = max((r for _, r in w.events), default=0)
     Watched(zhclip_cmd("score", "--config", str(cfg3))).run()
     same = digest_dataset(again / "dataset") == digest_dataset(out / "dataset")
-    return {"killed_after_s": round(half, 1), "identical": same}
+    return {"killed": w.rc == -9, "killed_at_scored_rows": killed_at, "identical": same}
 
 
 if __name__ == "__main__":
