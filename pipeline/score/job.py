@@ -44,6 +44,7 @@ from zhclip.pipeline.core.config import (
     config_from_dict,
     config_to_dict,
 )
+from zhclip.pipeline.core.memory import release_free_memory
 from zhclip.pipeline.core.runner import make_pipeline
 from zhclip.pipeline.core.spill import remove_spill, spill_folder
 from zhclip.pipeline.core.tags import TAG_COUNTS, TAG_REJECTS
@@ -134,6 +135,8 @@ class ScoreShard(beam.DoFn):
             "not_downloaded": contents.not_success_rows,
             "notes": contents.notes[:MAX_NOTES],
         })
+        del result, contents
+        release_free_memory()  # the shard's pixels are gone: keep the worker's memory flat
 
 
 def write_reject_file(element: tuple[int, list[dict[str, Any]]], folder: str) -> str:
