@@ -34,6 +34,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -270,6 +271,7 @@ def main() -> int:
         metavar="STEPS",
         help="train tiny towers STEPS steps per stage, kill -9 after stage 1, resume",
     )
+    ap.add_argument("--skip-train", action="store_true", help="no training stream after stage 3")
     ap.add_argument(
         "--skip-download", action="store_true", help="reuse the stage 2 output already in --work"
     )
@@ -401,6 +403,8 @@ def stage3_and_training(
     args: argparse.Namespace, root: Path, out: Path, cfg: Path, mclip: Path, result: dict
 ) -> None:
     """Stage 3 over zhclip's downloads, its resume, a training stream and the training resume."""
+    # A killed earlier run's spill files would count as progress until stage 3 removes them.
+    shutil.rmtree(out / "_tmp" / "score", ignore_errors=True)
     w = Watched(zhclip_cmd("score", "--config", str(cfg)), progress=lambda: spilled_rows(out))
     w.run()
     rep = json.loads((out / "report" / "score.json").read_text())
@@ -421,6 +425,8 @@ def stage3_and_training(
     print("score", json.dumps(result["stage3"]), file=sys.stderr, flush=True)
     if args.resume_score:
         result["stage3_resume"] = resume_stage3(root, cfg, out)
+    if args.skip_train:
+        return
     times_file = root / "train_stream.json"
     w = Watched(
         [sys.executable, "-c", TRAIN_STREAM, str(out / "dataset"), str(mclip), "64", str(kept)],
@@ -491,6 +497,8 @@ def resume_training(root: Path, dataset: Path, steps: int) -> dict:
         return path
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name in ("train-full", "train-killed"):  # an earlier run's, in the same --work
+        shutil.rmtree(root / name, ignore_errors=True)
     full = Watched(train_cmd("--config", str(config("train-full"))), env=env)
     full.run()
     ckpts = root / "train-killed" / "train" / "checkpoints"
@@ -537,6 +545,7 @@ def resume_stage2(root: Path, web: SimWeb, cfg: Path, out: Path, n: int) -> dict
     import yaml
 
     again = root / "zhclip-resume"
+    shutil.rmtree(again, ignore_errors=True)  # an earlier run's copy in the same --work
     data = yaml.safe_load(cfg.read_text())
     data["output"] = str(again)
     cfg2 = root / "config-resume.yaml"
@@ -554,7 +563,8 @@ def resume_stage3(root: Path, cfg: Path, out: Path) -> dict:
     import yaml
 
     again = root / "score-resume"
-    (again / "downloads").mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(again, ignore_errors=True)  # an earlier run's copy in the same --work
+    (again / "downloads").mkdir(parents=True)
     for p in (out / "downloads").iterdir():
         if p.is_file():
             os.link(p, again / "downloads" / p.name)
