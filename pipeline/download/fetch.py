@@ -131,11 +131,11 @@ def make_fetch_function(policy: FetchPolicy) -> FetchFunction:
         started = time.monotonic()
         seconds = policy.deadline_seconds(timeout)
         try:
-            return _timed_fetch(row, timeout, seconds, user_agent_token, disallowed_header_directives)
+            return _fetch_row(row, timeout, seconds, user_agent_token, disallowed_header_directives)
         finally:
             clock.record(time.monotonic() - started, seconds)
 
-    def _timed_fetch(row, timeout, seconds, user_agent_token, disallowed_header_directives):
+    def _fetch_row(row, timeout, seconds, user_agent_token, disallowed_header_directives):
         key, url = row
         try:
             with deadline_scope(seconds) as deadline, slots.slot(url, seconds) as free:
